@@ -1,0 +1,44 @@
+//! `vzcpt`: checkpoint and restore process trees.
+use clap::{Parser, Subcommand};
+use cli::commands;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "vzcpt",
+    version,
+    about = "Checkpoint and restore Linux process trees and containers"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    Dump(commands::dump::DumpArgs),
+    Restore(commands::restore::RestoreArgs),
+    Show(commands::show::ShowArgs),
+    Verify(commands::verify::VerifyArgs),
+    Check(commands::check::CheckArgs),
+}
+
+fn main() {
+    cli::logging::init();
+    let cli = Cli::parse();
+    let r = match cli.command {
+        Command::Dump(a) => commands::dump::run(&a),
+        Command::Restore(a) => commands::restore::run(&a),
+        Command::Show(a) => commands::show::run(&a),
+        Command::Verify(a) => commands::verify::run(&a),
+        Command::Check(a) => commands::check::run(&a),
+    };
+    match r {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            // The whole chain on one line: "what failed: why: root cause".
+            let msg: Vec<String> = e.chain().map(|c| c.to_string()).collect();
+            eprintln!("vzcpt: {}", msg.join(": "));
+            std::process::exit(1);
+        }
+    }
+}

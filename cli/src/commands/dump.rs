@@ -1,0 +1,82 @@
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use clap::Args;
+use cpt::{DumpOptions, FinalState, Target};
+
+/// Checkpoint a process tree (or every task of a cgroup) into an image directory.
+#[derive(Args, Debug)]
+pub struct DumpArgs {
+    /// Root of the process tree to dump (it and all its descendants).
+    #[arg(
+        short = 't',
+        long = "tree",
+        value_name = "PID",
+        conflicts_with = "cgroup"
+    )]
+    pub pid: Option<i32>,
+    /// A cgroup (v1 freezer or v2) whose tasks form the tree; frozen by the cgroup freezer.
+    #[arg(long, value_name = "PATH")]
+    pub cgroup: Option<PathBuf>,
+    /// Image directory to create.
+    #[arg(short = 'D', long = "images-dir", value_name = "DIR")]
+    pub dir: PathBuf,
+    /// Resume the tree after the dump (a snapshot).
+    #[arg(long, conflicts_with = "leave_stopped")]
+    pub leave_running: bool,
+    /// Leave the tree stopped (SIGSTOP) after the dump.
+    #[arg(long)]
+    pub leave_stopped: bool,
+    /// Compress page chunks with zstd (default level 3).
+    #[arg(long, value_name = "LEVEL", num_args = 0..=1, default_missing_value = "3", require_equals = true)]
+    pub compress: Option<i32>,
+    /// Parent image for an incremental dump (not supported yet).
+    #[arg(long, value_name = "DIR")]
+    pub parent: Option<PathBuf>,
+    /// Dump established TCP connections (sockets are not supported yet).
+    #[arg(long)]
+    pub tcp_established: bool,
+    /// Print the figures as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(a: &DumpArgs) -> anyhow::Result<i32> {
+    if a.parent.is_some() {
+        bail!("--parent: incremental dumps are not supported yet (issue 7)");
+    }
+    let target = match (a.pid, &a.cgroup) {
+        (Some(pid), None) => Target::Tree(pid),
+        (None, Some(cg)) => Target::Cgroup(cg.clone()),
+        _ => bail!("give the tree to dump with -t PID or --cgroup PATH"),
+    };
+    let final_state = if a.leave_running {
+        FinalState::LeaveRunning
+    } else if a.leave_stopped {
+        FinalState::LeaveStopped
+    } else {
+        FinalState::Kill
+    };
+    let opts = DumpOptions {
+        target,
+        dir: a.dir.clone(),
+        final_state,
+        compress: a.compress,
+    };
+    let stats =
+        cpt::dump(&opts).with_context(|| format!("dump into {} failed", a.dir.display()))?;
+    if a.json {
+        super::print_json(&stats)?;
+    } else {
+        eprintln!(
+            "dumped {} processes ({} threads) into {}: {} pages stored, {:.1} ms frozen, {:.1} ms in all",
+            stats.processes,
+            stats.threads,
+            a.dir.display(),
+            stats.pages_stored,
+            stats.frozen_ms,
+            stats.total_ms
+        );
+    }
+    Ok(0)
+}

@@ -1,0 +1,131 @@
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Args;
+use images_format::core::CoreImage;
+use images_format::files::FilesImage;
+use images_format::mm::{MmImage, PagemapImage};
+use images_format::pipes::PipesImage;
+use images_format::pstree::PstreeImage;
+use images_format::ImageDir;
+
+/// Decode and print every record of an image (like CRIU's crit).
+#[derive(Args, Debug)]
+pub struct ShowArgs {
+    #[arg(short = 'D', long = "images-dir", value_name = "DIR")]
+    pub dir: PathBuf,
+    /// One JSON object with every record.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(serde::Serialize)]
+struct Everything {
+    inventory: images_format::Inventory,
+    pstree: PstreeImage,
+    core: CoreImage,
+    mm: MmImage,
+    pagemap: PagemapImage,
+    files: FilesImage,
+    pipes: PipesImage,
+}
+
+pub fn run(a: &ShowArgs) -> anyhow::Result<i32> {
+    let dir =
+        ImageDir::open(&a.dir).with_context(|| format!("cannot open image {}", a.dir.display()))?;
+    let all = Everything {
+        inventory: dir.inventory().clone(),
+        pstree: dir.read()?,
+        core: dir.read()?,
+        mm: dir.read()?,
+        pagemap: dir.read()?,
+        files: dir.read()?,
+        pipes: dir.read()?,
+    };
+    if a.json {
+        super::print_json(&all)?;
+        return Ok(0);
+    }
+    let inv = &all.inventory;
+    println!(
+        "image {} (format {}.{}, engine {}, kernel {}, {}, xsave {:#x}{})",
+        a.dir.display(),
+        inv.format_major,
+        inv.format_minor,
+        inv.engine_version,
+        inv.kernel,
+        inv.arch,
+        inv.xsave_features,
+        if inv.compressed { ", zstd pages" } else { "" }
+    );
+    println!(
+        "\n== pstree (root {}, own PID namespace: {})",
+        all.pstree.root_pid, all.pstree.pid_ns_init
+    );
+    for p in &all.pstree.processes {
+        println!(
+            "  pid {:>6} ppid {:>6} pgid {:>6} sid {:>6} {:?} threads {:?}",
+            p.pid, p.ppid, p.pgid, p.sid, p.state, p.threads
+        );
+    }
+    println!("\n== core");
+    for c in &all.core.processes {
+        println!("{c:#?}");
+    }
+    println!("\n== mm");
+    for m in &all.mm.processes {
+        println!("  process {} exe {} fields {:?}", m.pid, m.exe, m.fields);
+        for v in &m.vmas {
+            println!(
+                "    {:#014x}-{:#014x} prot {} flags {:#x} off {:#x} {:?}",
+                v.start, v.end, v.prot, v.flags, v.offset, v.kind
+            );
+        }
+    }
+    for o in &all.mm.shmem {
+        println!("  shared object {} size {}", o.id, o.size);
+    }
+    println!("\n== pagemap ({} chunks)", all.pagemap.store.chunks.len());
+    for c in &all.pagemap.store.chunks {
+        println!("  chunk {c:?}");
+    }
+    for e in &all.pagemap.entries {
+        println!(
+            "  {:?} {:#x} x{} at chunk {} +{}",
+            e.owner, e.addr, e.nr_pages, e.loc.chunk, e.loc.offset
+        );
+    }
+    println!("\n== files");
+    for d in &all.files.descs {
+        match &d.kind {
+            images_format::files::FileKind::Regular {
+                path,
+                mode,
+                unlinked_contents,
+            } => println!(
+                "  desc {} flags {:#o} pos {} regular {path} mode {mode:#o}{}",
+                d.id,
+                d.flags,
+                d.pos,
+                unlinked_contents
+                    .as_ref()
+                    .map(|c| format!(" (unlinked, {} bytes saved)", c.len()))
+                    .unwrap_or_default()
+            ),
+            k => println!("  desc {} flags {:#o} pos {} {k:?}", d.id, d.flags, d.pos),
+        }
+    }
+    for t in &all.files.tables {
+        println!("  process {}: {:?}", t.pid, t.fds);
+    }
+    println!("\n== pipes");
+    for p in &all.pipes.pipes {
+        println!(
+            "  pipe {} capacity {} data {} bytes",
+            p.pipe_id,
+            p.capacity,
+            p.data.len()
+        );
+    }
+    Ok(0)
+}

@@ -1,0 +1,299 @@
+//! Dumping a process tree: freeze, seize, collect each resource, write the image.
+//!
+//! The flow is [`dump`]; each resource kind has its own module. A resource the engine cannot
+//! dump is an error naming it and its task ([`DumpError::Unsupported`]), never a silent skip.
+//! Any error resumes the tree exactly as it was (see [`seize::Frozen`]) and removes the partial
+//! image (see [`images_format::ImageWriter`]).
+#![forbid(unsafe_code)]
+
+pub mod files;
+pub mod freeze;
+pub mod memory;
+pub mod pipes;
+pub mod proc;
+pub mod seize;
+pub mod task;
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use images_format::core::CoreImage;
+use images_format::files::FilesImage;
+use images_format::inventory::Inventory;
+use images_format::mm::{MmImage, PagemapImage};
+use images_format::pipes::PipesImage;
+use images_format::pstree::{ProcState, ProcessEntry, PstreeImage};
+use images_format::{FormatError, ImageWriter};
+use serde::Serialize;
+use sys::{Pid, SysError};
+use tracing::info;
+
+pub use seize::FinalState;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DumpError {
+    #[error("task {pid}: cannot dump {resource}: {reason}")]
+    Unsupported {
+        pid: i32,
+        resource: String,
+        reason: String,
+    },
+    #[error("task {pid}: cannot dump {what}: {reason}")]
+    Task {
+        pid: i32,
+        what: String,
+        reason: String,
+    },
+    #[error("cgroup {path}: {reason}")]
+    Cgroup { path: PathBuf, reason: String },
+    #[error("process tree: {0}")]
+    Tree(String),
+    #[error("cannot {op} {path}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("system call failed")]
+    Sys(#[from] SysError),
+    #[error("cannot write the image")]
+    Image(#[from] FormatError),
+}
+
+/// What to dump.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// A process and all its descendants.
+    Tree(i32),
+    /// Every task of a cgroup (v1 freezer or v2), frozen by the cgroup freezer.
+    Cgroup(PathBuf),
+}
+
+#[derive(Debug, Clone)]
+pub struct DumpOptions {
+    pub target: Target,
+    pub dir: PathBuf,
+    pub final_state: FinalState,
+    /// zstd level for page chunks; `None` stores them raw.
+    pub compress: Option<i32>,
+}
+
+/// Figures of one dump, printed by `vzcpt dump --json`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct DumpStats {
+    pub root_pid: i32,
+    pub processes: usize,
+    pub threads: usize,
+    pub pages_scanned: u64,
+    pub pages_stored: u64,
+    pub zero_pages_skipped: u64,
+    pub pages_bytes_stored: u64,
+    pub freeze_ms: f64,
+    pub frozen_ms: f64,
+    pub total_ms: f64,
+}
+
+fn ms(since: Instant) -> f64 {
+    since.elapsed().as_secs_f64() * 1000.0
+}
+
+/// Dumps the target into `opts.dir`, then kills, resumes or leaves it stopped.
+pub fn dump(opts: &DumpOptions) -> Result<DumpStats, DumpError> {
+    let t0 = Instant::now();
+    // 1. Freeze and seize. From here until `finish`, dropping `frozen` resumes the tree.
+    let frozen = match &opts.target {
+        Target::Tree(pid) => seize::Frozen::seize_tree(Pid::from_raw(*pid))?,
+        Target::Cgroup(path) => seize::Frozen::seize_cgroup(&freeze::Freezer::for_cgroup(path)?)?,
+    };
+    let freeze_ms = ms(t0);
+    let t_frozen = Instant::now();
+    let mut stats = DumpStats {
+        root_pid: frozen.root().as_raw(),
+        processes: frozen.processes.len(),
+        threads: frozen.processes.iter().map(|p| p.threads.len()).sum(),
+        freeze_ms,
+        ..Default::default()
+    };
+
+    // 2. Collect, writing into a temporary directory that only `commit` puts in place.
+    let mut writer = ImageWriter::create(&opts.dir)?;
+    let pid_map = PidMap::new(&frozen)?;
+    let mut pstree = PstreeImage {
+        root_pid: pid_map.virt(frozen.root().as_raw()),
+        pid_ns_init: pid_map.ns_init,
+        processes: Vec::new(),
+    };
+    let mut core = CoreImage {
+        processes: Vec::new(),
+    };
+    let mut mm = MmImage {
+        processes: Vec::new(),
+        shmem: Vec::new(),
+    };
+    let mut files = files::FilesDumper::default();
+    let mut store = writer.page_store(opts.compress)?;
+    let mut mem = memory::MemDumper::new(&mut store);
+    for p in &frozen.processes {
+        let pid = p.pid.as_raw();
+        let st = seize::read_stat(pid)?;
+        let (pgid, sid) = pid_map.group_and_session(pid, &st)?;
+        let mut entry = ProcessEntry {
+            pid: pid_map.virt(pid),
+            ppid: if pid == frozen.root().as_raw() {
+                0
+            } else {
+                pid_map.virt(p.ppid)
+            },
+            pgid,
+            sid,
+            threads: Vec::new(),
+            state: ProcState::Alive,
+        };
+        if let Some(code) = p.zombie {
+            entry.state = ProcState::Zombie { exit_code: code };
+            pstree.processes.push(entry);
+            continue;
+        }
+        entry.threads = p
+            .threads
+            .iter()
+            .map(|t| pid_map.virt_tid(pid, t.tid.as_raw()))
+            .collect::<Result<_, _>>()?;
+        // Remote syscalls first: the scratch page they use is gone before memory is read.
+        let (mut pcore, facts) = task::dump_process(p)?;
+        pcore.pid = entry.pid;
+        for (t, vt) in pcore.threads.iter_mut().zip(&entry.threads) {
+            t.tid = *vt;
+        }
+        let mut pmm = mem.dump_process(pid, facts.brk)?;
+        pmm.pid = entry.pid;
+        files.dump_process(pid)?;
+        if let Some(t) = files.tables.last_mut() {
+            t.pid = entry.pid;
+        }
+        core.processes.push(pcore);
+        mm.processes.push(pmm);
+        pstree.processes.push(entry);
+    }
+    let mem_stats = mem.stats;
+    let entries = std::mem::take(&mut mem.entries);
+    mm.shmem = std::mem::take(&mut mem.shmem);
+    drop(mem);
+    let index = store.finish()?;
+    stats.pages_bytes_stored = index.chunks.iter().map(|c| c.stored_len as u64).sum();
+    stats.pages_scanned = mem_stats.pages_scanned;
+    stats.pages_stored = mem_stats.pages_stored;
+    stats.zero_pages_skipped = mem_stats.zero_pages_skipped;
+
+    // 3. Write the records and put the image in place.
+    writer.write(&Inventory {
+        format_major: images_format::FORMAT_MAJOR,
+        format_minor: images_format::FORMAT_MINOR,
+        engine_version: env!("CARGO_PKG_VERSION").to_string(),
+        kernel: nix::sys::utsname::uname()
+            .map(|u| u.release().to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        arch: std::env::consts::ARCH.to_string(),
+        xsave_features: sys::syscalls::xcr0(),
+        created_unix_ms: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0),
+        parent: None,
+        root_pid: pstree.root_pid,
+        compressed: opts.compress.is_some(),
+    })?;
+    writer.write(&pstree)?;
+    writer.write(&core)?;
+    writer.write(&mm)?;
+    writer.write(&PagemapImage {
+        store: index,
+        entries,
+    })?;
+    writer.write(&FilesImage {
+        descs: files.descs,
+        tables: files.tables,
+    })?;
+    writer.write(&PipesImage {
+        pipes: files.pipes.pipes,
+    })?;
+    writer.commit()?;
+
+    // 4. Only a complete image lets the tree go (killed, resumed or left stopped).
+    stats.frozen_ms = ms(t_frozen);
+    frozen.finish(opts.final_state)?;
+    stats.total_ms = ms(t0);
+    info!(?stats, "dump complete");
+    Ok(stats)
+}
+
+/// PIDs as the image records them: those of the root's own PID namespace when the root is its
+/// init, otherwise those the dumper sees.
+struct PidMap {
+    ns_init: bool,
+    /// How many NSpid levels the dumper's view has above the recorded one.
+    level: usize,
+}
+
+fn ns_numbers(path: &str, key: &str) -> Result<Vec<i64>, DumpError> {
+    let text = std::fs::read_to_string(path).map_err(|source| DumpError::Io {
+        op: "read",
+        path: path.into(),
+        source,
+    })?;
+    Ok(proc::status_numbers(&proc::parse_status(&text), key))
+}
+
+impl PidMap {
+    fn new(frozen: &seize::Frozen) -> Result<Self, DumpError> {
+        let root = frozen.root().as_raw();
+        let nspid = ns_numbers(&format!("/proc/{root}/status"), "NSpid")?;
+        let ns_init = nspid.len() > 1 && nspid.last() == Some(&1);
+        let map = PidMap {
+            ns_init,
+            level: if ns_init { nspid.len() - 1 } else { 0 },
+        };
+        if ns_init {
+            for p in frozen.alive() {
+                let levels = ns_numbers(&format!("/proc/{}/status", p.pid), "NSpid")?.len();
+                if levels != nspid.len() {
+                    return Err(DumpError::Unsupported {
+                        pid: p.pid.as_raw(),
+                        resource: "nested PID namespace".into(),
+                        reason: "only the root may start a PID namespace".into(),
+                    });
+                }
+            }
+        }
+        Ok(map)
+    }
+
+    fn translate(&self, path: &str, key: &str, fallback: i32) -> Result<i32, DumpError> {
+        if !self.ns_init {
+            return Ok(fallback);
+        }
+        let v = ns_numbers(path, key)?;
+        Ok(v.get(self.level).copied().unwrap_or(0) as i32)
+    }
+
+    fn virt(&self, pid: i32) -> i32 {
+        if !self.ns_init {
+            return pid;
+        }
+        self.translate(&format!("/proc/{pid}/status"), "NSpid", pid)
+            .unwrap_or(pid)
+    }
+
+    fn virt_tid(&self, pid: i32, tid: i32) -> Result<i32, DumpError> {
+        self.translate(&format!("/proc/{pid}/task/{tid}/status"), "NSpid", tid)
+    }
+
+    fn group_and_session(&self, pid: i32, st: &proc::Stat) -> Result<(i32, i32), DumpError> {
+        let path = format!("/proc/{pid}/status");
+        Ok((
+            self.translate(&path, "NSpgid", st.pgrp)?,
+            self.translate(&path, "NSsid", st.session)?,
+        ))
+    }
+}

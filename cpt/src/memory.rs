@@ -1,0 +1,353 @@
+//! Address spaces: the areas of `/proc/PID/maps` (flags from `smaps`), the mm fields, auxv and
+//! exe, and the pages that must be stored:
+//! - private anonymous areas: present (or swapped) pages, zero pages left out;
+//! - private file areas: only pages that differ from the file (anonymous copies-on-write);
+//! - shared anonymous areas: the object's populated pages, once per object, through
+//!   `/proc/PID/map_files` and `SEEK_DATA`/`SEEK_HOLE`;
+//! - shared file areas: nothing, the file holds them.
+//!
+//! Contents are read with `process_vm_readv` in runs of up to one page-store chunk (4 MiB),
+//! the size at which it is fastest on this kernel.
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::io::IoSliceMut;
+use std::os::unix::fs::FileExt;
+
+use images_format::mm::{MmFields, PageOwner, PagemapEntry, ProcessMm, ShmemObject, Vma, VmaKind};
+use images_format::pagestore::{PageStoreWriter, CHUNK_SIZE};
+use images_format::PAGE_SIZE;
+use nix::sys::uio::{process_vm_readv, RemoteIoVec};
+use nix::unistd::{lseek, Whence};
+
+use crate::proc::{parse_maps, parse_smaps_vmflags, parse_stat, MapsLine, ProcDir};
+use crate::DumpError;
+
+const PM_PRESENT: u64 = 1 << 63;
+const PM_SWAP: u64 = 1 << 62;
+const PM_FILE: u64 = 1 << 61;
+const PAGE: u64 = PAGE_SIZE as u64;
+
+/// Counters of what the memory dump stored.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct MemStats {
+    pub pages_scanned: u64,
+    pub pages_stored: u64,
+    pub zero_pages_skipped: u64,
+}
+
+pub struct MemDumper<'a> {
+    pub store: &'a mut PageStoreWriter,
+    pub entries: Vec<PagemapEntry>,
+    pub shmem: Vec<ShmemObject>,
+    seen_shmem: HashSet<u64>,
+    buf: Vec<u8>,
+    pub stats: MemStats,
+}
+
+fn io(
+    op: &'static str,
+    path: impl Into<std::path::PathBuf>,
+) -> impl FnOnce(std::io::Error) -> DumpError {
+    let path = path.into();
+    move |source| DumpError::Io { op, path, source }
+}
+
+fn classify(pid: i32, m: &MapsLine) -> Result<Option<VmaKind>, DumpError> {
+    let unsupported = |what: &str| DumpError::Unsupported {
+        pid,
+        resource: format!("memory area {:#x}-{:#x} {}", m.start, m.end, m.path),
+        reason: what.to_string(),
+    };
+    Ok(Some(match m.path.as_str() {
+        "[vdso]" => VmaKind::Vdso,
+        "[vvar]" => VmaKind::Vvar,
+        "[vvar_vclock]" => VmaKind::VvarVclock,
+        "[vsyscall]" => return Ok(None), // fixed by the kernel in every process
+        "" | "[heap]" | "[stack]" if !m.shared => VmaKind::Anon,
+        p if p.starts_with("[anon:") && !m.shared => VmaKind::Anon,
+        p if p.starts_with("[anon_shmem:") || (m.shared && p == "/dev/zero (deleted)") => {
+            VmaKind::SharedAnon { id: m.inode }
+        }
+        p if p.starts_with("/SYSV") => {
+            return Err(unsupported(
+                "SysV shared memory comes with the VE issue (IPC namespaces)",
+            ))
+        }
+        p if p.ends_with(" (deleted)") => {
+            return Err(unsupported(
+                "mappings of deleted files are not supported yet",
+            ))
+        }
+        p if p.starts_with('/') => VmaKind::File {
+            path: p.to_string(),
+        },
+        _ => return Err(unsupported("unknown kind of mapping")),
+    }))
+}
+
+impl<'a> MemDumper<'a> {
+    pub fn new(store: &'a mut PageStoreWriter) -> Self {
+        Self {
+            store,
+            entries: Vec::new(),
+            shmem: Vec::new(),
+            seen_shmem: HashSet::new(),
+            buf: vec![0u8; CHUNK_SIZE],
+            stats: MemStats::default(),
+        }
+    }
+
+    /// Dumps one stopped process's address space. `brk` is the current program break (read by a
+    /// remote `brk(0)`); `skip` is the dumper's own scratch area, already unmapped by then.
+    pub fn dump_process(&mut self, pid: i32, brk: u64) -> Result<ProcessMm, DumpError> {
+        let dir = ProcDir::pid(pid);
+        let maps_text = dir.read("maps").map_err(io("read", dir.0.join("maps")))?;
+        let maps = parse_maps(&maps_text).ok_or_else(|| DumpError::Task {
+            pid,
+            what: "memory map".into(),
+            reason: "cannot parse /proc/PID/maps".into(),
+        })?;
+        let vmflags =
+            parse_smaps_vmflags(&dir.read("smaps").map_err(io("read", dir.0.join("smaps")))?);
+        let stat = parse_stat(&dir.read("stat").map_err(io("read", dir.0.join("stat")))?)
+            .ok_or_else(|| DumpError::Task {
+                pid,
+                what: "stat".into(),
+                reason: "cannot parse /proc/PID/stat".into(),
+            })?;
+        let pagemap_path = dir.0.join("pagemap");
+        let pagemap = File::open(&pagemap_path).map_err(io("open", &pagemap_path))?;
+
+        let mut vmas = Vec::new();
+        for m in &maps {
+            let Some(kind) = classify(pid, m)? else {
+                continue;
+            };
+            let flags = vmflags.get(&m.start).cloned().unwrap_or_default();
+            let mut map_flags = if m.shared {
+                libc::MAP_SHARED
+            } else {
+                libc::MAP_PRIVATE
+            } as u32;
+            if flags.iter().any(|f| f == "gd") {
+                map_flags |= libc::MAP_GROWSDOWN as u32;
+            }
+            let prot = (if m.read { libc::PROT_READ } else { 0 }
+                | if m.write { libc::PROT_WRITE } else { 0 }
+                | if m.exec { libc::PROT_EXEC } else { 0 }) as u32;
+            match &kind {
+                VmaKind::Anon => self.dump_pages(pid, &pagemap, m, false)?,
+                VmaKind::File { .. } if !m.shared => self.dump_pages(pid, &pagemap, m, true)?,
+                VmaKind::SharedAnon { id } => self.dump_shmem(pid, m, *id)?,
+                _ => {}
+            }
+            vmas.push(Vma {
+                start: m.start,
+                end: m.end,
+                prot,
+                flags: map_flags,
+                offset: m.offset,
+                kind,
+            });
+        }
+        let auxv_raw = dir
+            .read_bytes("auxv")
+            .map_err(io("read", dir.0.join("auxv")))?;
+        let auxv = auxv_raw
+            .chunks_exact(8)
+            .map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
+            .collect();
+        let exe = dir
+            .readlink("exe")
+            .map_err(io("readlink", dir.0.join("exe")))?;
+        Ok(ProcessMm {
+            pid,
+            fields: MmFields {
+                start_code: stat.start_code,
+                end_code: stat.end_code,
+                start_data: stat.start_data,
+                end_data: stat.end_data,
+                start_brk: stat.start_brk,
+                brk,
+                start_stack: stat.start_stack,
+                arg_start: stat.arg_start,
+                arg_end: stat.arg_end,
+                env_start: stat.env_start,
+                env_end: stat.env_end,
+            },
+            auxv,
+            exe,
+            vmas,
+        })
+    }
+
+    /// Stores the pages of one private area that the restore cannot get elsewhere.
+    fn dump_pages(
+        &mut self,
+        pid: i32,
+        pagemap: &File,
+        m: &MapsLine,
+        file_backed: bool,
+    ) -> Result<(), DumpError> {
+        let nr = ((m.end - m.start) / PAGE) as usize;
+        let mut raw = vec![0u8; nr * 8];
+        pagemap
+            .read_exact_at(&mut raw, m.start / PAGE * 8)
+            .map_err(io("read", format!("/proc/{pid}/pagemap")))?;
+        self.stats.pages_scanned += nr as u64;
+        let wanted = |i: usize| {
+            let e = u64::from_le_bytes(raw[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]));
+            if file_backed {
+                (e & PM_PRESENT != 0 && e & PM_FILE == 0) || e & PM_SWAP != 0
+            } else {
+                e & (PM_PRESENT | PM_SWAP) != 0
+            }
+        };
+        let max_run = CHUNK_SIZE / PAGE_SIZE;
+        let mut i = 0;
+        while i < nr {
+            if !wanted(i) {
+                i += 1;
+                continue;
+            }
+            let mut j = i + 1;
+            while j < nr && j - i < max_run && wanted(j) {
+                j += 1;
+            }
+            self.read_run(pid, m.start + i as u64 * PAGE, j - i, !file_backed)?;
+            i = j;
+        }
+        Ok(())
+    }
+
+    /// Reads `n` pages at `addr` of `pid` and appends them (zero pages dropped when allowed).
+    fn read_run(
+        &mut self,
+        pid: i32,
+        addr: u64,
+        n: usize,
+        drop_zero: bool,
+    ) -> Result<(), DumpError> {
+        let len = n * PAGE_SIZE;
+        let buf = &mut self.buf[..len];
+        let remote = [RemoteIoVec {
+            base: addr as usize,
+            len,
+        }];
+        let got = process_vm_readv(
+            nix::unistd::Pid::from_raw(pid),
+            &mut [IoSliceMut::new(buf)],
+            &remote,
+        )
+        .map_err(|e| DumpError::Task {
+            pid,
+            what: format!("memory at {addr:#x} ({len} bytes)"),
+            reason: format!("process_vm_readv: {e}"),
+        })?;
+        if got != len {
+            return Err(DumpError::Task {
+                pid,
+                what: format!("memory at {addr:#x}"),
+                reason: format!("process_vm_readv read {got} of {len} bytes"),
+            });
+        }
+        self.store_buffer(PageOwner::Process(pid), addr, n, drop_zero)
+    }
+
+    /// Appends the `n` pages in `self.buf` as runs of non-zero pages (all pages if `!drop_zero`).
+    fn store_buffer(
+        &mut self,
+        owner: PageOwner,
+        addr: u64,
+        n: usize,
+        drop_zero: bool,
+    ) -> Result<(), DumpError> {
+        let is_zero = |p: &[u8]| p.iter().all(|&b| b == 0);
+        let mut i = 0;
+        while i < n {
+            if drop_zero && is_zero(&self.buf[i * PAGE_SIZE..(i + 1) * PAGE_SIZE]) {
+                self.stats.zero_pages_skipped += 1;
+                i += 1;
+                continue;
+            }
+            let mut j = i + 1;
+            while j < n && !(drop_zero && is_zero(&self.buf[j * PAGE_SIZE..(j + 1) * PAGE_SIZE])) {
+                j += 1;
+            }
+            // A run never spans two chunks.
+            let mut k = i;
+            while k < j {
+                let room = self.store.room() / PAGE_SIZE;
+                let room = if room == 0 {
+                    CHUNK_SIZE / PAGE_SIZE
+                } else {
+                    room
+                };
+                let take = (j - k).min(room);
+                let loc = self
+                    .store
+                    .append(&self.buf[k * PAGE_SIZE..(k + take) * PAGE_SIZE])?;
+                self.entries.push(PagemapEntry {
+                    owner,
+                    addr: addr + (k * PAGE_SIZE) as u64,
+                    nr_pages: take as u32,
+                    loc,
+                });
+                self.stats.pages_stored += take as u64;
+                k += take;
+            }
+            i = j;
+        }
+        Ok(())
+    }
+
+    /// Stores a shared anonymous object once: its populated ranges, found with
+    /// `SEEK_DATA`/`SEEK_HOLE` on the shmem file behind `/proc/PID/map_files`.
+    fn dump_shmem(&mut self, pid: i32, m: &MapsLine, id: u64) -> Result<(), DumpError> {
+        let size = m.offset + (m.end - m.start);
+        if let Some(o) = self.shmem.iter_mut().find(|o| o.id == id) {
+            o.size = o.size.max(size);
+        }
+        if !self.seen_shmem.insert(id) {
+            return Ok(());
+        }
+        let path = format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end);
+        let file = File::open(&path).map_err(io("open", &path))?;
+        let fsize = file.metadata().map_err(io("stat", &path))?.len();
+        self.shmem.push(ShmemObject {
+            id,
+            size: size.max(fsize),
+        });
+        let mut off: u64 = 0;
+        while off < fsize {
+            let data = match lseek(&file, off as i64, Whence::SeekData) {
+                Ok(d) => d as u64,
+                Err(nix::errno::Errno::ENXIO) => break,
+                Err(e) => {
+                    return Err(DumpError::Task {
+                        pid,
+                        what: format!("shared memory {path}"),
+                        reason: format!("SEEK_DATA: {e}"),
+                    })
+                }
+            };
+            let hole = lseek(&file, data as i64, Whence::SeekHole)
+                .map(|h| h as u64)
+                .unwrap_or(fsize);
+            let mut pos = data & !(PAGE - 1);
+            while pos < hole {
+                let n = ((hole - pos).div_ceil(PAGE) as usize).min(CHUNK_SIZE / PAGE_SIZE);
+                let len = n * PAGE_SIZE;
+                let got = file
+                    .read_at(&mut self.buf[..len], pos)
+                    .map_err(io("read", &path))?;
+                self.buf[got..len].fill(0);
+                self.store_buffer(PageOwner::Shmem(id), pos, n, true)?;
+                pos += len as u64;
+            }
+            off = hole;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,379 @@
+//! Stopping a process tree under ptrace and giving it back.
+//!
+//! [`Frozen`] owns the stopped tree. Dropping it resumes every task exactly as it was (signal
+//! masks restored, detached); only [`Frozen::finish`] may instead kill the tree or leave it
+//! stopped. So any error during a dump, wherever it is returned, resumes the tree.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::sys::signal::{kill, Signal};
+use nix::sys::wait::WaitStatus;
+use sys::{ptrace, Pid, SysError};
+use tracing::{debug, warn};
+
+use crate::freeze::Freezer;
+use crate::proc::{parse_stat, ProcDir};
+use crate::DumpError;
+
+/// What happens to the tree after a complete dump.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FinalState {
+    /// Kill it (the default of `vzcpt dump`).
+    #[default]
+    Kill,
+    /// Resume it: a snapshot the tree never notices.
+    LeaveRunning,
+    /// Leave it stopped (group-stop, `SIGSTOP`).
+    LeaveStopped,
+}
+
+#[derive(Debug, Clone)]
+pub struct SeizedThread {
+    pub tid: Pid,
+    /// The thread's own blocked mask; while seized all signals are blocked.
+    pub orig_sigmask: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct SeizedProcess {
+    pub pid: Pid,
+    pub ppid: i32,
+    /// Empty for a zombie.
+    pub threads: Vec<SeizedThread>,
+    /// `Some(exit code)` for a zombie.
+    pub zombie: Option<i32>,
+}
+
+/// A stopped tree: processes parents-first, the root at index 0.
+pub struct Frozen {
+    pub processes: Vec<SeizedProcess>,
+    done: bool,
+}
+
+const ALL_SIGNALS: u64 = !0;
+
+impl Frozen {
+    /// Seizes `root`, its threads and all its descendants, again and again until no new task appears.
+    pub fn seize_tree(root: Pid) -> Result<Self, DumpError> {
+        let mut frozen = Frozen {
+            processes: Vec::new(),
+            done: false,
+        };
+        let stat = read_stat(root.as_raw())?;
+        if stat.state == 'Z' {
+            return Err(DumpError::Tree(format!("task {root} is a zombie")));
+        }
+        frozen.processes.push(SeizedProcess {
+            pid: root,
+            ppid: stat.ppid,
+            threads: Vec::new(),
+            zombie: None,
+        });
+        frozen.expand()?;
+        frozen.order_tree()?;
+        Ok(frozen)
+    }
+
+    /// Freezes the cgroup, seizes every thread in it while frozen, thaws it, collects the
+    /// ptrace stops, then seizes descendants outside the cgroup and zombies like a bare tree.
+    pub fn seize_cgroup(freezer: &Freezer) -> Result<Self, DumpError> {
+        freezer.freeze()?;
+        let mut frozen = Frozen {
+            processes: Vec::new(),
+            done: false,
+        };
+        let seized = frozen.seize_frozen_cgroup(freezer);
+        // Thaw in any case: seized tasks stay stopped by ptrace, the others must not stay frozen.
+        let thawed = freezer.thaw();
+        let mut stops = seized?;
+        thawed?;
+        for (i, tid) in stops.drain(..) {
+            let t = stop_thread(tid)?;
+            frozen.processes[i].threads.push(t);
+        }
+        frozen.expand()?;
+        frozen.order_tree()?;
+        Ok(frozen)
+    }
+
+    /// Seizes and interrupts (no wait: frozen tasks report their stop after the thaw).
+    fn seize_frozen_cgroup(&mut self, freezer: &Freezer) -> Result<Vec<(usize, Pid)>, DumpError> {
+        let pids = freezer.processes()?;
+        if pids.is_empty() {
+            return Err(DumpError::Cgroup {
+                path: freezer.dir().to_path_buf(),
+                reason: "it has no tasks".into(),
+            });
+        }
+        let mut to_wait = Vec::new();
+        for pid in pids {
+            let Ok(stat) = read_stat(pid) else { continue };
+            let i = self.processes.len();
+            self.processes.push(SeizedProcess {
+                pid: Pid::from_raw(pid),
+                ppid: stat.ppid,
+                threads: Vec::new(),
+                zombie: (stat.state == 'Z').then_some(stat.exit_code),
+            });
+            if stat.state == 'Z' {
+                continue;
+            }
+            for tid in list_threads(pid)? {
+                let tid = Pid::from_raw(tid);
+                match ptrace::seize_and_interrupt(tid) {
+                    Ok(()) => to_wait.push((i, tid)),
+                    Err(SysError::Ptrace {
+                        source: Errno::ESRCH,
+                        ..
+                    }) => {}
+                    Err(e) => {
+                        // Stops of those already seized are collected by Drop after the thaw.
+                        for (j, t) in to_wait {
+                            self.processes[j].threads.push(SeizedThread {
+                                tid: t,
+                                orig_sigmask: u64::MAX,
+                            });
+                        }
+                        return Err(e.into());
+                    }
+                }
+            }
+        }
+        Ok(to_wait)
+    }
+
+    /// Seizes every thread of every known process and adds the children it finds, until a
+    /// full pass finds nothing new.
+    fn expand(&mut self) -> Result<(), DumpError> {
+        let mut seized: HashSet<i32> = self
+            .processes
+            .iter()
+            .flat_map(|p| p.threads.iter().map(|t| t.tid.as_raw()))
+            .collect();
+        loop {
+            let mut changed = false;
+            for i in 0..self.processes.len() {
+                if self.processes[i].zombie.is_some() {
+                    continue;
+                }
+                let pid = self.processes[i].pid;
+                for tid in list_threads(pid.as_raw())? {
+                    if !seized.insert(tid) {
+                        continue;
+                    }
+                    let tid = Pid::from_raw(tid);
+                    match ptrace::seize_and_interrupt(tid) {
+                        Ok(()) => {}
+                        Err(SysError::Ptrace {
+                            source: Errno::ESRCH,
+                            ..
+                        }) => continue, // the thread exited meanwhile
+                        Err(e) => return Err(e.into()),
+                    }
+                    changed = true;
+                    let t = stop_thread(tid)?;
+                    self.processes[i].threads.push(t);
+                }
+            }
+            // Children are found through every thread's children list.
+            let known: HashSet<i32> = self.processes.iter().map(|p| p.pid.as_raw()).collect();
+            let mut new: Vec<(i32, i32)> = Vec::new();
+            for p in &self.processes {
+                for t in &p.threads {
+                    for child in list_children(p.pid.as_raw(), t.tid.as_raw()) {
+                        if !known.contains(&child) && !new.iter().any(|(c, _)| *c == child) {
+                            new.push((child, p.pid.as_raw()));
+                        }
+                    }
+                }
+            }
+            for (child, parent) in new {
+                let Ok(stat) = read_stat(child) else { continue };
+                changed = true;
+                self.processes.push(SeizedProcess {
+                    pid: Pid::from_raw(child),
+                    ppid: parent,
+                    threads: Vec::new(),
+                    zombie: (stat.state == 'Z').then_some(stat.exit_code),
+                });
+            }
+            if !changed {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Puts processes in parents-first order with the single root at index 0.
+    fn order_tree(&mut self) -> Result<(), DumpError> {
+        let pids: HashSet<i32> = self.processes.iter().map(|p| p.pid.as_raw()).collect();
+        let roots: Vec<i32> = self
+            .processes
+            .iter()
+            .filter(|p| !pids.contains(&p.ppid))
+            .map(|p| p.pid.as_raw())
+            .collect();
+        if roots.len() != 1 {
+            return Err(DumpError::Tree(format!(
+                "a dump needs one root process, found {}: {roots:?}",
+                roots.len()
+            )));
+        }
+        let mut ordered: Vec<SeizedProcess> = Vec::with_capacity(self.processes.len());
+        let mut rest = std::mem::take(&mut self.processes);
+        let root_idx = rest
+            .iter()
+            .position(|p| p.pid.as_raw() == roots[0])
+            .unwrap_or(0);
+        ordered.push(rest.swap_remove(root_idx));
+        let mut i = 0;
+        while i < ordered.len() {
+            let parent = ordered[i].pid.as_raw();
+            let mut j = 0;
+            while j < rest.len() {
+                if rest[j].ppid == parent {
+                    ordered.push(rest.swap_remove(j));
+                } else {
+                    j += 1;
+                }
+            }
+            i += 1;
+        }
+        self.processes = ordered;
+        Ok(())
+    }
+
+    pub fn root(&self) -> Pid {
+        self.processes[0].pid
+    }
+
+    pub fn alive(&self) -> impl Iterator<Item = &SeizedProcess> {
+        self.processes.iter().filter(|p| p.zombie.is_none())
+    }
+
+    /// Ends the dump: kill the tree, resume it, or leave it stopped.
+    pub fn finish(mut self, state: FinalState) -> Result<(), DumpError> {
+        self.done = true;
+        match state {
+            FinalState::LeaveRunning => self.resume(None),
+            FinalState::LeaveStopped => self.resume(Some(Signal::SIGSTOP)),
+            FinalState::Kill => self.kill_and_wait(),
+        }
+    }
+
+    fn resume(&mut self, stop: Option<Signal>) -> Result<(), DumpError> {
+        let mut first_err = None;
+        for p in &self.processes {
+            for (i, t) in p.threads.iter().enumerate() {
+                let sig = if i == 0 { stop } else { None };
+                if t.orig_sigmask != u64::MAX {
+                    if let Err(e) = ptrace::set_sigmask(t.tid, t.orig_sigmask) {
+                        first_err.get_or_insert(e);
+                    }
+                } else {
+                    // Interrupted while frozen, stop never collected: collect it now.
+                    let _ = ptrace::wait_for_interrupt_stop(t.tid);
+                }
+                if let Err(e) = ptrace::detach(t.tid, sig) {
+                    warn!(tid = t.tid.as_raw(), ?e, "cannot detach");
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        first_err.map_or(Ok(()), |e| Err(e.into()))
+    }
+
+    /// SIGKILLs every process, reaps the ptrace exit notifications (so real parents get
+    /// theirs), and returns once the tree's PIDs are free: every task gone, except a root
+    /// that stays a zombie of a parent outside the tree.
+    fn kill_and_wait(&mut self) -> Result<(), DumpError> {
+        for p in self.alive() {
+            let _ = kill(p.pid, Signal::SIGKILL);
+        }
+        for p in &self.processes {
+            for t in &p.threads {
+                loop {
+                    match ptrace::wait(t.tid) {
+                        Ok(WaitStatus::Exited(..)) | Ok(WaitStatus::Signaled(..)) | Err(_) => break,
+                        Ok(_) => continue,
+                    }
+                }
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let root = self.root().as_raw();
+        for p in &self.processes {
+            let pid = p.pid.as_raw();
+            loop {
+                match read_stat(pid) {
+                    Err(_) => break,
+                    Ok(st) if st.state == 'Z' && pid == root => break,
+                    Ok(_) if Instant::now() > deadline => {
+                        warn!(pid, "PID still taken 10 s after the kill");
+                        break;
+                    }
+                    Ok(_) => std::thread::sleep(Duration::from_millis(2)),
+                }
+            }
+        }
+        debug!("tree killed");
+        Ok(())
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        if !self.done {
+            self.done = true;
+            if let Err(e) = self.resume(None) {
+                warn!(?e, "resuming the tree after a failed dump");
+            }
+        }
+    }
+}
+
+/// Waits for the interrupt stop of a seized thread and blocks all its signals, so that signals
+/// arriving during the dump stay pending instead of running handlers mid-dump.
+fn stop_thread(tid: Pid) -> Result<SeizedThread, DumpError> {
+    ptrace::wait_for_interrupt_stop(tid)?;
+    let orig_sigmask = ptrace::get_sigmask(tid)?;
+    ptrace::set_sigmask(tid, ALL_SIGNALS)?;
+    Ok(SeizedThread { tid, orig_sigmask })
+}
+
+pub(crate) fn read_stat(pid: i32) -> Result<crate::proc::Stat, DumpError> {
+    let dir = ProcDir::pid(pid);
+    let text = dir.read("stat").map_err(|source| DumpError::Io {
+        op: "read",
+        path: dir.0.join("stat"),
+        source,
+    })?;
+    parse_stat(&text).ok_or_else(|| DumpError::Tree(format!("cannot parse /proc/{pid}/stat")))
+}
+
+fn list_threads(pid: i32) -> Result<Vec<i32>, DumpError> {
+    let path = format!("/proc/{pid}/task");
+    let mut tids: Vec<i32> = std::fs::read_dir(&path)
+        .map_err(|source| DumpError::Io {
+            op: "list",
+            path: path.clone().into(),
+            source,
+        })?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect();
+    // Main thread first.
+    tids.sort_unstable_by_key(|&t| (t != pid, t));
+    Ok(tids)
+}
+
+fn list_children(pid: i32, tid: i32) -> Vec<i32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/children"))
+        .map(|s| {
+            s.split_whitespace()
+                .filter_map(|x| x.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}

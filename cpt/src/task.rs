@@ -1,0 +1,436 @@
+//! Per-process and per-thread state: registers (with syscall-restart fix-ups), xsave, signals,
+//! credentials, limits, timers, and the prctl-visible bits.
+//!
+//! What only the task itself can read (sigactions, itimers, sigaltstack, ...) is read by short
+//! syscalls injected into it ([`sys::remote::RemoteTask`]); everything else comes from `/proc`
+//! and ptrace.
+
+use images_format::core::{
+    AltStack, Creds, ITimer, ProcessCore, Regs, Rlimit, Rseq, SigAction, SigInfo, ThreadCore,
+};
+use sys::ptrace::{self, UserRegs};
+use sys::remote::RemoteTask;
+
+use crate::proc::{parse_limits, parse_status, status_hex, status_numbers, ProcDir};
+use crate::seize::SeizedProcess;
+use crate::DumpError;
+
+const ERESTARTSYS: i64 = 512;
+const ERESTARTNOINTR: i64 = 513;
+const ERESTARTNOHAND: i64 = 514;
+const ERESTART_RESTARTBLOCK: i64 = 516;
+const TIMER_ABSTIME: u64 = 1;
+const SCRATCH_LEN: u64 = 4 * 4096;
+
+pub fn regs_from(r: &UserRegs) -> Regs {
+    Regs {
+        r15: r.r15,
+        r14: r.r14,
+        r13: r.r13,
+        r12: r.r12,
+        rbp: r.rbp,
+        rbx: r.rbx,
+        r11: r.r11,
+        r10: r.r10,
+        r9: r.r9,
+        r8: r.r8,
+        rax: r.rax,
+        rcx: r.rcx,
+        rdx: r.rdx,
+        rsi: r.rsi,
+        rdi: r.rdi,
+        orig_rax: r.orig_rax,
+        rip: r.rip,
+        cs: r.cs,
+        eflags: r.eflags,
+        rsp: r.rsp,
+        ss: r.ss,
+        fs_base: r.fs_base,
+        gs_base: r.gs_base,
+        ds: r.ds,
+        es: r.es,
+        fs: r.fs,
+        gs: r.gs,
+    }
+}
+
+/// Registers a restored thread must resume with so that the syscall it was stopped in goes on
+/// as if nothing happened (what the kernel would have done on return from the stop):
+/// restartable calls are re-executed; a sleep interrupted with `ERESTART_RESTARTBLOCK` is
+/// re-executed with the remaining time the kernel wrote back to `rem` (or, for absolute sleeps,
+/// unchanged); other restart-block calls (poll/ppoll with a timeout, futex waits) get `EINTR`,
+/// which their callers retry.
+pub fn restart_fixup(mut r: Regs) -> Regs {
+    if (r.orig_rax as i64) < 0 {
+        return r;
+    }
+    let ret = r.rax as i64;
+    match -ret {
+        ERESTARTSYS | ERESTARTNOINTR | ERESTARTNOHAND => {
+            r.rax = r.orig_rax;
+            r.rip -= 2;
+        }
+        ERESTART_RESTARTBLOCK => {
+            let nr = r.orig_rax as i64;
+            if nr == libc::SYS_nanosleep && r.rsi != 0 {
+                r.rdi = r.rsi; // sleep again for the remaining time stored in *rem
+                r.rax = r.orig_rax;
+                r.rip -= 2;
+            } else if nr == libc::SYS_clock_nanosleep && (r.rsi & TIMER_ABSTIME != 0 || r.r10 != 0)
+            {
+                if r.rsi & TIMER_ABSTIME == 0 {
+                    r.rdx = r.r10;
+                }
+                r.rax = r.orig_rax;
+                r.rip -= 2;
+            } else {
+                r.rax = (-(libc::EINTR as i64)) as u64;
+            }
+        }
+        _ => {}
+    }
+    r.orig_rax = u64::MAX;
+    r
+}
+
+fn io(
+    op: &'static str,
+    path: impl Into<std::path::PathBuf>,
+) -> impl FnOnce(std::io::Error) -> DumpError {
+    let path = path.into();
+    move |source| DumpError::Io { op, path, source }
+}
+
+fn read_u64(remote: &RemoteTask, off: u64) -> Result<u64, DumpError> {
+    let b = remote.get(off, 8)?;
+    Ok(u64::from_le_bytes(b.try_into().unwrap_or([0; 8])))
+}
+
+/// What the remote session of one process found.
+pub struct RemoteFacts {
+    pub brk: u64,
+}
+
+/// Dumps the core state of a live process: remote part first (one injected session on the main
+/// thread, then one per other thread, sharing the scratch page), then /proc and ptrace.
+pub fn dump_process(p: &SeizedProcess) -> Result<(ProcessCore, RemoteFacts), DumpError> {
+    let pid = p.pid.as_raw();
+    let dir = ProcDir::pid(pid);
+    let status = parse_status(
+        &dir.read("status")
+            .map_err(io("read", dir.0.join("status")))?,
+    );
+    let sigcgt = status_hex(&status, "SigCgt").unwrap_or(0);
+    let sigign = status_hex(&status, "SigIgn").unwrap_or(0);
+
+    let mut remote = RemoteTask::at_rip(p.pid)?;
+    let result = (|| {
+        remote.map_scratch(SCRATCH_LEN)?;
+        // Signal dispositions: only caught or ignored signals (and SIGCHLD, whose flags matter
+        // even at SIG_DFL) differ from the default, so only those are asked for.
+        let mut sigactions = vec![SigAction::default(); 64];
+        for sig in 1..=64u64 {
+            let bit = 1u64 << (sig - 1);
+            if sig == 9 || sig == 19 || (sigcgt | sigign) & bit == 0 && sig != 17 {
+                continue;
+            }
+            let out = remote.put(0, &[0u8; 32])?;
+            remote.syscall_ok(
+                "rt_sigaction",
+                libc::SYS_rt_sigaction,
+                [sig, 0, out, 8, 0, 0],
+            )?;
+            let b = remote.get(0, 32)?;
+            let w = |i: usize| u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]));
+            sigactions[(sig - 1) as usize] = SigAction {
+                handler: w(0),
+                flags: w(1),
+                restorer: w(2),
+                mask: w(3),
+            };
+        }
+        let brk = remote.syscall_ok("brk", libc::SYS_brk, [0; 6])?;
+        let mut itimers = Vec::new();
+        for which in 0..3u64 {
+            let out = remote.put(0, &[0u8; 32])?;
+            remote.syscall_ok("getitimer", libc::SYS_getitimer, [which, out, 0, 0, 0, 0])?;
+            let b = remote.get(0, 32)?;
+            let w = |i: usize| u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]));
+            itimers.push(ITimer {
+                interval_us: w(0) * 1_000_000 + w(1),
+                value_us: w(2) * 1_000_000 + w(3),
+            });
+        }
+        let prctl = |remote: &mut RemoteTask, name, op: i32, arg: u64| {
+            remote.syscall_ok(name, libc::SYS_prctl, [op as u64, arg, 0, 0, 0, 0])
+        };
+        let dumpable = prctl(
+            &mut remote,
+            "prctl(PR_GET_DUMPABLE)",
+            libc::PR_GET_DUMPABLE,
+            0,
+        )? as u32;
+        let securebits = prctl(
+            &mut remote,
+            "prctl(PR_GET_SECUREBITS)",
+            libc::PR_GET_SECUREBITS,
+            0,
+        )? as u32;
+        let out = remote.put(0, &[0u8; 8])?;
+        prctl(
+            &mut remote,
+            "prctl(PR_GET_CHILD_SUBREAPER)",
+            libc::PR_GET_CHILD_SUBREAPER,
+            out,
+        )?;
+        let child_subreaper = read_u64(&remote, 0)? as u32 != 0;
+        let out = remote.put(0, &[0u8; 8])?;
+        prctl(
+            &mut remote,
+            "prctl(PR_GET_PDEATHSIG)",
+            libc::PR_GET_PDEATHSIG,
+            out,
+        )?;
+        let pdeath_signal = read_u64(&remote, 0)? as u32;
+
+        let mut threads = Vec::new();
+        for (i, t) in p.threads.iter().enumerate() {
+            let facts = if i == 0 {
+                thread_remote_facts(&mut remote)?
+            } else {
+                let mut sib = remote.sibling(t.tid)?;
+                let r = thread_remote_facts(&mut sib);
+                sib.finish()?;
+                r?
+            };
+            threads.push((t, facts));
+        }
+        Ok::<_, DumpError>((
+            sigactions,
+            brk,
+            itimers,
+            dumpable,
+            securebits,
+            child_subreaper,
+            pdeath_signal,
+            threads,
+        ))
+    })();
+    let finished = remote.finish();
+    let (
+        sigactions,
+        brk,
+        itimers,
+        dumpable,
+        securebits,
+        child_subreaper,
+        pdeath_signal,
+        thread_facts,
+    ) = result?;
+    finished?;
+
+    let mut threads = Vec::new();
+    for (t, (altstack, clear_tid_address)) in thread_facts {
+        let tid = t.tid;
+        let tdir = ProcDir::task(pid, tid.as_raw());
+        let regs = ptrace::get_regs(tid)?;
+        let (rseq_addr, rseq_len, rseq_sig) = ptrace::get_rseq(tid)?;
+        let (robust, robust_len) = sys::syscalls::get_robust_list(tid)?;
+        threads.push(ThreadCore {
+            tid: tid.as_raw(),
+            comm: tdir
+                .read("comm")
+                .map_err(io("read", tdir.0.join("comm")))?
+                .trim_end_matches('\n')
+                .to_string(),
+            regs: restart_fixup(regs_from(&regs)),
+            xsave: ptrace::get_xstate(tid)?,
+            blocked: t.orig_sigmask,
+            pending: siginfos(ptrace::peek_siginfo(tid, false)?),
+            altstack,
+            robust_list: robust,
+            robust_list_len: robust_len,
+            rseq: (rseq_addr != 0).then_some(Rseq {
+                address: rseq_addr,
+                length: rseq_len,
+                signature: rseq_sig,
+            }),
+            clear_tid_address,
+        });
+    }
+
+    let uids = status_numbers(&status, "Uid");
+    let gids = status_numbers(&status, "Gid");
+    if uids.len() != 4 || gids.len() != 4 {
+        return Err(DumpError::Task {
+            pid,
+            what: "credentials".into(),
+            reason: "malformed Uid/Gid in /proc/PID/status".into(),
+        });
+    }
+    let creds = Creds {
+        uids: [
+            uids[0] as u32,
+            uids[1] as u32,
+            uids[2] as u32,
+            uids[3] as u32,
+        ],
+        gids: [
+            gids[0] as u32,
+            gids[1] as u32,
+            gids[2] as u32,
+            gids[3] as u32,
+        ],
+        groups: status_numbers(&status, "Groups")
+            .into_iter()
+            .map(|g| g as u32)
+            .collect(),
+        cap_inheritable: status_hex(&status, "CapInh").unwrap_or(0),
+        cap_permitted: status_hex(&status, "CapPrm").unwrap_or(0),
+        cap_effective: status_hex(&status, "CapEff").unwrap_or(0),
+        cap_bounding: status_hex(&status, "CapBnd").unwrap_or(0),
+        cap_ambient: status_hex(&status, "CapAmb").unwrap_or(0),
+        securebits,
+    };
+    // prlimit() on a task of another uid fails without CAP_SYS_RESOURCE: /proc is the source.
+    let limits = parse_limits(
+        &dir.read("limits")
+            .map_err(io("read", dir.0.join("limits")))?,
+    )
+    .ok_or_else(|| DumpError::Task {
+        pid,
+        what: "rlimits".into(),
+        reason: "cannot parse /proc/PID/limits".into(),
+    })?;
+    let rlimits = limits
+        .into_iter()
+        .enumerate()
+        .map(|(i, (soft, hard))| Rlimit {
+            resource: i as u32,
+            soft,
+            hard,
+        })
+        .collect();
+    let personality = u32::from_str_radix(
+        dir.read("personality")
+            .map_err(io("read", dir.0.join("personality")))?
+            .trim(),
+        16,
+    )
+    .unwrap_or(0);
+    let umask = status
+        .get("Umask")
+        .and_then(|u| u32::from_str_radix(u, 8).ok())
+        .unwrap_or(0o022);
+    let core = ProcessCore {
+        pid,
+        sigactions,
+        shared_pending: siginfos(ptrace::peek_siginfo(p.pid, true)?),
+        itimers,
+        rlimits,
+        creds,
+        personality,
+        umask,
+        no_new_privs: status.get("NoNewPrivs").map(|v| v == "1").unwrap_or(false),
+        dumpable,
+        child_subreaper,
+        pdeath_signal,
+        cwd: dir
+            .readlink("cwd")
+            .map_err(io("readlink", dir.0.join("cwd")))?,
+        root: dir
+            .readlink("root")
+            .map_err(io("readlink", dir.0.join("root")))?,
+        threads,
+    };
+    Ok((core, RemoteFacts { brk }))
+}
+
+/// sigaltstack and clear_child_tid, readable only from inside the thread.
+fn thread_remote_facts(remote: &mut RemoteTask) -> Result<(AltStack, u64), DumpError> {
+    let out = remote.put(0, &[0u8; 24])?;
+    remote.syscall_ok("sigaltstack", libc::SYS_sigaltstack, [0, out, 0, 0, 0, 0])?;
+    let b = remote.get(0, 24)?;
+    let altstack = AltStack {
+        sp: u64::from_le_bytes(b[0..8].try_into().unwrap_or([0; 8])),
+        flags: i32::from_le_bytes(b[8..12].try_into().unwrap_or([0; 4])),
+        size: u64::from_le_bytes(b[16..24].try_into().unwrap_or([0; 8])),
+    };
+    let out = remote.put(0, &[0u8; 8])?;
+    remote.syscall_ok(
+        "prctl(PR_GET_TID_ADDRESS)",
+        libc::SYS_prctl,
+        [libc::PR_GET_TID_ADDRESS as u64, out, 0, 0, 0, 0],
+    )?;
+    let tid_addr = read_u64(remote, 0)?;
+    Ok((altstack, tid_addr))
+}
+
+fn siginfos(raw: Vec<[u8; 128]>) -> Vec<SigInfo> {
+    raw.into_iter()
+        .map(|r| SigInfo {
+            signo: i32::from_le_bytes([r[0], r[1], r[2], r[3]]),
+            raw: r.to_vec(),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn regs(orig: i64, ret: i64) -> Regs {
+        Regs {
+            orig_rax: orig as u64,
+            rax: ret as u64,
+            rip: 0x1002,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn restartable_syscall_is_reexecuted() {
+        let r = restart_fixup(regs(libc::SYS_read, -ERESTARTSYS));
+        assert_eq!(r.rax, libc::SYS_read as u64);
+        assert_eq!(r.rip, 0x1000);
+        assert_eq!(r.orig_rax, u64::MAX);
+    }
+
+    #[test]
+    fn relative_clock_nanosleep_sleeps_the_remaining_time() {
+        let mut r = regs(libc::SYS_clock_nanosleep, -ERESTART_RESTARTBLOCK);
+        r.rsi = 0;
+        r.rdx = 0x5000;
+        r.r10 = 0x6000;
+        let f = restart_fixup(r);
+        assert_eq!(f.rdx, 0x6000);
+        assert_eq!(f.rax, libc::SYS_clock_nanosleep as u64);
+        assert_eq!(f.rip, 0x1000);
+    }
+
+    #[test]
+    fn absolute_clock_nanosleep_is_unchanged() {
+        let mut r = regs(libc::SYS_clock_nanosleep, -ERESTART_RESTARTBLOCK);
+        r.rsi = TIMER_ABSTIME;
+        r.rdx = 0x5000;
+        let f = restart_fixup(r);
+        assert_eq!(f.rdx, 0x5000);
+        assert_eq!(f.rip, 0x1000);
+    }
+
+    #[test]
+    fn restart_block_without_remaining_time_gives_eintr() {
+        let f = restart_fixup(regs(libc::SYS_poll, -ERESTART_RESTARTBLOCK));
+        assert_eq!(f.rax as i64, -(libc::EINTR as i64));
+        assert_eq!(f.rip, 0x1002);
+    }
+
+    #[test]
+    fn finished_syscall_is_left_alone() {
+        let f = restart_fixup(regs(libc::SYS_write, 5));
+        assert_eq!(f.rax, 5);
+        assert_eq!(f.rip, 0x1002);
+        let f = restart_fixup(regs(-1, 7));
+        assert_eq!(f.rax, 7);
+    }
+}

@@ -1,0 +1,67 @@
+//! Records of open files: one entry per open file description (shared between descriptors
+//! and processes exactly as it was), and each process's descriptor table pointing at them.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Image, ImageKind};
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct FilesImage {
+    pub descs: Vec<FileDesc>,
+    pub tables: Vec<FdTable>,
+}
+
+impl Image for FilesImage {
+    const KIND: ImageKind = ImageKind::Files;
+}
+
+/// An open file description.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct FileDesc {
+    pub id: u32,
+    /// `O_*` status and access flags as fdinfo shows them, without `O_CLOEXEC`.
+    pub flags: u32,
+    pub pos: u64,
+    pub kind: FileKind,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub enum FileKind {
+    /// A regular file, by path. `unlinked_contents` holds the whole file when it was deleted
+    /// while open; restore recreates it and unlinks it again.
+    Regular {
+        path: String,
+        mode: u32,
+        unlinked_contents: Option<Vec<u8>>,
+    },
+    Directory {
+        path: String,
+    },
+    /// A character device of the memory class (null, zero, full, random, urandom).
+    CharDevice {
+        path: String,
+        rdev: u64,
+    },
+    /// One end of an unnamed pipe; `pipe_id` names its record in the pipes image.
+    Pipe {
+        pipe_id: u64,
+    },
+    /// A named pipe; its unread data is in the pipes image under `pipe_id`.
+    Fifo {
+        path: String,
+        pipe_id: u64,
+    },
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct FdTable {
+    pub pid: i32,
+    pub fds: Vec<FdEntry>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FdEntry {
+    pub fd: i32,
+    pub desc: u32,
+    pub cloexec: bool,
+}

@@ -1,0 +1,166 @@
+//! The kinds of image files. [`KINDS`] is the one table that maps each kind to its file name and
+//! magic (like CRIU's `image-desc.c`): add a kind there and nowhere else.
+
+use std::fmt;
+
+/// The kind of an image file; stored as `u16` in every file header.
+#[repr(u16)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub enum ImageKind {
+    Inventory = 1,
+    Pstree = 2,
+    Core = 3,
+    Mm = 4,
+    Pagemap = 5,
+    Pages = 6,
+    Files = 7,
+    Pipes = 8,
+}
+
+/// One row of [`KINDS`].
+#[derive(Clone, Copy, Debug)]
+pub struct KindDesc {
+    pub kind: ImageKind,
+    /// File name inside the image directory.
+    pub file_name: &'static str,
+    /// First four bytes (little-endian) of every file of that kind.
+    pub magic: u32,
+}
+
+/// The table of all kinds, in `u16` order: row `i` describes the kind with value `i + 1`.
+/// Magics are arbitrary distinct constants, far apart, so a damaged or foreign file is
+/// recognised at once.
+pub const KINDS: [KindDesc; 8] = [
+    KindDesc {
+        kind: ImageKind::Inventory,
+        file_name: "inventory",
+        magic: 0x56a1_3c07,
+    },
+    KindDesc {
+        kind: ImageKind::Pstree,
+        file_name: "pstree",
+        magic: 0x5e7b_9214,
+    },
+    KindDesc {
+        kind: ImageKind::Core,
+        file_name: "core",
+        magic: 0x43c0_7e51,
+    },
+    KindDesc {
+        kind: ImageKind::Mm,
+        file_name: "mm",
+        magic: 0x4d6d_2a93,
+    },
+    KindDesc {
+        kind: ImageKind::Pagemap,
+        file_name: "pagemap",
+        magic: 0x5061_8f3d,
+    },
+    KindDesc {
+        kind: ImageKind::Pages,
+        file_name: "pages",
+        magic: 0x5ba9_e466,
+    },
+    KindDesc {
+        kind: ImageKind::Files,
+        file_name: "files",
+        magic: 0x46d1_5a2c,
+    },
+    KindDesc {
+        kind: ImageKind::Pipes,
+        file_name: "pipes",
+        magic: 0x5019_c7e8,
+    },
+];
+
+const ALL_KINDS: [ImageKind; KINDS.len()] = {
+    let mut all = [ImageKind::Inventory; KINDS.len()];
+    let mut i = 0;
+    while i < KINDS.len() {
+        all[i] = KINDS[i].kind;
+        i += 1;
+    }
+    all
+};
+
+impl ImageKind {
+    /// Every kind, in `u16` order.
+    pub const ALL: &'static [ImageKind] = &ALL_KINDS;
+
+    fn desc(self) -> &'static KindDesc {
+        // The discriminants are 1..=KINDS.len() and row i holds value i + 1 (checked by a test),
+        // so this indexing is in range for every variant.
+        &KINDS[self as usize - 1]
+    }
+
+    /// The file name of this kind inside an image directory.
+    pub fn file_name(self) -> &'static str {
+        self.desc().file_name
+    }
+
+    /// The magic number opening every file of this kind.
+    pub fn magic(self) -> u32 {
+        self.desc().magic
+    }
+
+    /// The kind stored as `v`; `None` for values no kind has.
+    pub fn from_u16(v: u16) -> Option<Self> {
+        KINDS.iter().find(|d| d.kind as u16 == v).map(|d| d.kind)
+    }
+
+    /// The kind whose magic is `magic`, if any.
+    pub fn from_magic(magic: u32) -> Option<Self> {
+        KINDS.iter().find(|d| d.magic == magic).map(|d| d.kind)
+    }
+}
+
+impl fmt::Display for ImageKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.file_name())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    #[test]
+    fn table_is_in_u16_order_and_distinct() {
+        for (i, d) in KINDS.iter().enumerate() {
+            assert_eq!(d.kind as usize, i + 1, "row {i} out of order");
+            assert_eq!(ImageKind::ALL[i], d.kind);
+        }
+        let names: HashSet<_> = KINDS.iter().map(|d| d.file_name).collect();
+        let magics: HashSet<_> = KINDS.iter().map(|d| d.magic).collect();
+        assert_eq!(names.len(), KINDS.len());
+        assert_eq!(magics.len(), KINDS.len());
+    }
+
+    #[test]
+    fn names_and_lookups() {
+        let names: Vec<_> = ImageKind::ALL.iter().map(|k| k.file_name()).collect();
+        assert_eq!(
+            names,
+            [
+                "inventory",
+                "pstree",
+                "core",
+                "mm",
+                "pagemap",
+                "pages",
+                "files",
+                "pipes"
+            ]
+        );
+        for &k in ImageKind::ALL {
+            assert_eq!(ImageKind::from_u16(k as u16), Some(k));
+            assert_eq!(ImageKind::from_magic(k.magic()), Some(k));
+            assert_eq!(k.to_string(), k.file_name());
+        }
+        for v in [0u16, 9, 100, u16::MAX] {
+            assert_eq!(ImageKind::from_u16(v), None);
+        }
+        assert_eq!(ImageKind::from_magic(0), None);
+    }
+}

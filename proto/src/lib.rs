@@ -1,0 +1,2 @@
+//! Migration wire messages, framing and version negotiation. Comes with issue 5.
+#![forbid(unsafe_code)]

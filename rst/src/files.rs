@@ -1,0 +1,246 @@
+//! Open files. Every file description of the image is opened (or, for pipes, created and
+//! refilled) once in the restorer, at a descriptor number above every number the tree uses,
+//! before the first process is created. Each new process inherits them all through fork, so a
+//! description shared between processes is shared again, offset included. In each process the
+//! right ones are then `dup3`ed to their dumped numbers and everything else is closed.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+
+use images_format::files::{FdTable, FileKind, FilesImage};
+use images_format::pipes::PipesImage;
+use nix::fcntl::{fcntl, FcntlArg, OFlag};
+use nix::unistd::{lseek, Whence};
+use sys::remote::RemoteTask;
+
+use crate::RestoreError;
+
+/// Flags that only matter at open time and must not be replayed.
+const OPEN_ONLY: i32 = libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_NOCTTY;
+
+/// Moves `fd` to the lowest free number >= `min` and closes the original.
+pub fn move_fd_high(fd: &OwnedFd, min: i32) -> Result<OwnedFd, RestoreError> {
+    Ok(sys::syscalls::dup_at_least(fd, min)?)
+}
+
+/// The descriptions opened in the restorer: image description id -> descriptor.
+pub struct Prepared {
+    pub descs: HashMap<u32, OwnedFd>,
+    /// FIFO keepers and unused pipe ends, held until the tree is released.
+    pub keep: Vec<OwnedFd>,
+}
+
+fn err(id: u32, what: &str, e: impl std::fmt::Display) -> RestoreError {
+    RestoreError::Files(format!("file description {id}: {what}: {e}"))
+}
+
+pub fn prepare(
+    files: &FilesImage,
+    pipes: &PipesImage,
+    fd_base: i32,
+) -> Result<Prepared, RestoreError> {
+    let mut next = fd_base;
+    let mut high = |fd: OwnedFd| -> Result<OwnedFd, RestoreError> {
+        let r = move_fd_high(&fd, next)?;
+        next = r.as_raw_fd() + 1;
+        Ok(r)
+    };
+    let mut descs = HashMap::new();
+    let mut keep = Vec::new();
+    // Pipes: (read end, write end) per pipe id, each created once and refilled with its data.
+    let mut pipe_ends: HashMap<u64, (Option<OwnedFd>, Option<OwnedFd>)> = HashMap::new();
+    let mut filled_fifos = std::collections::HashSet::new();
+    for d in &files.descs {
+        let acc = d.flags as i32 & libc::O_ACCMODE;
+        let status = d.flags as i32 & !OPEN_ONLY & !libc::O_ACCMODE & !libc::O_CLOEXEC;
+        let fd: OwnedFd = match &d.kind {
+            FileKind::Regular {
+                path,
+                mode,
+                unlinked_contents,
+            } => {
+                if let Some(contents) = unlinked_contents {
+                    // Recreate the unlinked file beside where it was, open it, unlink it again.
+                    let tmp = format!("{path}.vzcpt-restore-{}", std::process::id());
+                    let mut f = std::fs::OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .mode(*mode & 0o7777)
+                        .open(&tmp)
+                        .map_err(|e| err(d.id, &format!("recreate unlinked {path} as {tmp}"), e))?;
+                    f.write_all(contents)
+                        .map_err(|e| err(d.id, "write unlinked contents", e))?;
+                    let _ = std::fs::set_permissions(
+                        &tmp,
+                        std::fs::Permissions::from_mode(*mode & 0o7777),
+                    );
+                    let fd = open_path(&tmp, acc | status)
+                        .map_err(|e| err(d.id, &format!("open {tmp}"), e));
+                    let _ = std::fs::remove_file(&tmp);
+                    fd?
+                } else {
+                    open_path(path, acc | status)
+                        .map_err(|e| err(d.id, &format!("open {path}"), e))?
+                }
+            }
+            FileKind::Directory { path } => open_path(path, acc | status | libc::O_DIRECTORY)
+                .map_err(|e| err(d.id, &format!("open directory {path}"), e))?,
+            FileKind::CharDevice { path, rdev } => {
+                let fd = open_path(path, acc | status)
+                    .map_err(|e| err(d.id, &format!("open {path}"), e))?;
+                let meta = std::fs::File::from(fd.try_clone().map_err(|e| err(d.id, "dup", e))?)
+                    .metadata()
+                    .map_err(|e| err(d.id, "fstat", e))?;
+                if meta.rdev() != *rdev {
+                    return Err(err(d.id, path, "is another device than the one dumped"));
+                }
+                fd
+            }
+            FileKind::Pipe { pipe_id } => {
+                let ends = pipe_ends.entry(*pipe_id).or_insert((None, None));
+                if ends.0.is_none() && ends.1.is_none() {
+                    let (r, w) = make_pipe(*pipe_id, pipes)?;
+                    *ends = (Some(r), Some(w));
+                }
+                let end = if acc == libc::O_WRONLY {
+                    &mut ends.1
+                } else {
+                    &mut ends.0
+                };
+                match end.take() {
+                    Some(fd) => fd,
+                    // A second description of the same end: reopen through /proc.
+                    None => {
+                        return Err(err(
+                            d.id,
+                            "pipe",
+                            "two separate descriptions of one pipe end are not supported yet",
+                        ));
+                    }
+                }
+            }
+            FileKind::Fifo { path, pipe_id } => {
+                // A read-write keeper first, so that opening either end never blocks, and to
+                // refill the FIFO's buffer.
+                let keeper = open_path(path, libc::O_RDWR | libc::O_NONBLOCK)
+                    .map_err(|e| err(d.id, &format!("open FIFO {path}"), e))?;
+                if let Some(p) = pipes.pipes.iter().find(|p| p.pipe_id == *pipe_id) {
+                    if !p.data.is_empty() && filled_fifos.insert(*pipe_id) {
+                        fill_pipe(&keeper, p.capacity, &p.data, *pipe_id)?;
+                    }
+                }
+                let fd = open_path(path, acc | libc::O_NONBLOCK)
+                    .map_err(|e| err(d.id, &format!("open FIFO {path}"), e))?;
+                keep.push(keeper);
+                fd
+            }
+        };
+        // Status flags as dumped (O_NONBLOCK, O_APPEND, ...), then the offset.
+        fcntl(
+            fd.as_fd(),
+            FcntlArg::F_SETFL(OFlag::from_bits_truncate(status)),
+        )
+        .map_err(|e| err(d.id, "F_SETFL", e))?;
+        if matches!(
+            d.kind,
+            FileKind::Regular { .. } | FileKind::Directory { .. }
+        ) && d.pos != 0
+        {
+            lseek(fd.as_fd(), d.pos as i64, Whence::SeekSet).map_err(|e| err(d.id, "lseek", e))?;
+        }
+        descs.insert(d.id, high(fd)?);
+    }
+    for (_, (r, w)) in pipe_ends {
+        keep.extend(r);
+        keep.extend(w);
+    }
+    Ok(Prepared { descs, keep })
+}
+
+fn open_path(path: &str, flags: i32) -> std::io::Result<OwnedFd> {
+    let f = std::fs::OpenOptions::new()
+        .read(flags & libc::O_ACCMODE != libc::O_WRONLY)
+        .write(flags & libc::O_ACCMODE != libc::O_RDONLY)
+        .custom_flags(flags & !libc::O_ACCMODE)
+        .open(path)?;
+    Ok(f.into())
+}
+
+fn make_pipe(pipe_id: u64, pipes: &PipesImage) -> Result<(OwnedFd, OwnedFd), RestoreError> {
+    let (r, w) = nix::unistd::pipe2(OFlag::O_CLOEXEC)
+        .map_err(|e| RestoreError::Files(format!("pipe {pipe_id}: pipe2: {e}")))?;
+    if let Some(p) = pipes.pipes.iter().find(|p| p.pipe_id == pipe_id) {
+        fill_pipe(&w, p.capacity, &p.data, pipe_id)?;
+    }
+    Ok((r, w))
+}
+
+fn fill_pipe(w: &OwnedFd, capacity: u32, data: &[u8], pipe_id: u64) -> Result<(), RestoreError> {
+    if capacity != 65536 && capacity != 0 {
+        fcntl(w.as_fd(), FcntlArg::F_SETPIPE_SZ(capacity as i32)).map_err(|e| {
+            RestoreError::Files(format!(
+                "pipe {pipe_id}: cannot set its size to {capacity} bytes ({e}); without CAP_SYS_RESOURCE the limit is fs.pipe-max-size"
+            ))
+        })?;
+    }
+    let mut off = 0;
+    while off < data.len() {
+        let n = nix::unistd::write(w.as_fd(), &data[off..])
+            .map_err(|e| RestoreError::Files(format!("pipe {pipe_id}: refill: {e}")))?;
+        off += n;
+    }
+    Ok(())
+}
+
+/// In the task: `dup3` each dumped descriptor from the inherited one, then close the rest.
+pub fn install(
+    rt: &mut RemoteTask,
+    table: &FdTable,
+    prepared: &Prepared,
+    fd_base: i32,
+) -> Result<(), RestoreError> {
+    let mut wanted: Vec<i32> = Vec::new();
+    for e in &table.fds {
+        let src = prepared.descs.get(&e.desc).ok_or_else(|| {
+            RestoreError::Files(format!(
+                "fd {} of process {} names unknown description {}",
+                e.fd, table.pid, e.desc
+            ))
+        })?;
+        let flags = if e.cloexec { libc::O_CLOEXEC as u64 } else { 0 };
+        rt.syscall_ok(
+            "dup3",
+            libc::SYS_dup3,
+            [src.as_raw_fd() as u64, e.fd as u64, flags, 0, 0, 0],
+        )?;
+        wanted.push(e.fd);
+    }
+    wanted.sort_unstable();
+    // Close every gap below the prepared range, then the prepared range itself.
+    let mut from: u64 = 0;
+    for &fd in &wanted {
+        if (fd as u64) > from {
+            rt.syscall_ok(
+                "close_range",
+                libc::SYS_close_range,
+                [from, fd as u64 - 1, 0, 0, 0, 0],
+            )?;
+        }
+        from = fd as u64 + 1;
+    }
+    if from < fd_base as u64 {
+        rt.syscall_ok(
+            "close_range",
+            libc::SYS_close_range,
+            [from, fd_base as u64 - 1, 0, 0, 0, 0],
+        )?;
+    }
+    rt.syscall_ok(
+        "close_range",
+        libc::SYS_close_range,
+        [fd_base as u64, u32::MAX as u64, 0, 0, 0, 0],
+    )?;
+    Ok(())
+}

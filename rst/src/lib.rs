@@ -1,0 +1,319 @@
+//! Restoring a process tree from an image.
+//!
+//! The flow is [`restore`]; each resource kind has its own module. The image is read and
+//! checked in full before any process is created ([`validate`]). Processes are created by
+//! [`tree`], each then seized and turned into its dumped self by remote syscalls ([`memory`],
+//! [`files`], [`task`]), and all are released together at the end. On any failure
+//! [`tree::Created`] kills everything created: nothing half-restored stays alive.
+#![forbid(unsafe_code)]
+
+pub mod files;
+pub mod memory;
+pub mod task;
+pub mod tree;
+pub mod validate;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use images_format::core::CoreImage;
+use images_format::files::FilesImage;
+use images_format::mm::{MmImage, PagemapImage};
+use images_format::pipes::PipesImage;
+use images_format::pstree::PstreeImage;
+use images_format::{FormatError, ImageDir};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use serde::Serialize;
+use sys::remote::RemoteTask;
+use sys::{ptrace, Pid, SysError};
+use tracing::info;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    #[error("the image cannot be restored: {0}")]
+    Invalid(String),
+    #[error("cannot read the image")]
+    Image(#[from] FormatError),
+    #[error("process tree: {0}")]
+    Tree(String),
+    #[error("memory: {0}")]
+    Memory(String),
+    #[error("files: {0}")]
+    Files(String),
+    #[error("process {pid}: cannot restore {what}: {reason}")]
+    Task {
+        pid: i32,
+        what: String,
+        reason: String,
+    },
+    #[error("system call failed")]
+    Sys(#[from] SysError),
+}
+
+#[derive(Debug, Clone)]
+pub struct RestoreOptions {
+    pub dir: PathBuf,
+    /// Do not wait for the root: it is re-parented away from the restorer.
+    pub detach: bool,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RestoreStats {
+    /// Root PID as the caller sees it.
+    pub root_pid: i32,
+    pub processes: usize,
+    pub threads: usize,
+    pub pages_restored: u64,
+    pub create_ms: f64,
+    pub total_ms: f64,
+}
+
+/// The whole image, read and decoded.
+pub struct Images {
+    pub dir: ImageDir,
+    pub pstree: PstreeImage,
+    pub core: CoreImage,
+    pub mm: MmImage,
+    pub pagemap: PagemapImage,
+    pub files: FilesImage,
+    pub pipes: PipesImage,
+}
+
+impl Images {
+    pub fn load(dir: &std::path::Path) -> Result<Self, RestoreError> {
+        let dir = ImageDir::open(dir)?;
+        Ok(Images {
+            pstree: dir.read()?,
+            core: dir.read()?,
+            mm: dir.read()?,
+            pagemap: dir.read()?,
+            files: dir.read()?,
+            pipes: dir.read()?,
+            dir,
+        })
+    }
+}
+
+fn ms(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1000.0
+}
+
+/// A restored tree whose processes are released and running.
+pub struct Restored {
+    pub stats: RestoreStats,
+    root: Pid,
+    root_is_child: bool,
+}
+
+impl Restored {
+    /// Waits for the restored root (the restorer is its parent unless detached) and returns
+    /// the exit code a shell would show: the code, or 128 + signal.
+    pub fn wait(self) -> Result<i32, RestoreError> {
+        if !self.root_is_child {
+            return Ok(0);
+        }
+        loop {
+            match waitpid(self.root, Some(WaitPidFlag::__WALL)) {
+                Ok(WaitStatus::Exited(_, code)) => return Ok(code),
+                Ok(WaitStatus::Signaled(_, sig, _)) => return Ok(128 + sig as i32),
+                Ok(_) => continue,
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => return Err(RestoreError::Tree(format!("waiting for the root: {e}"))),
+            }
+        }
+    }
+}
+
+pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
+    let t0 = Instant::now();
+    // 1. Read and check everything before creating anything.
+    let img = Images::load(&opts.dir)?;
+    validate::validate(&img)?;
+    let store = img.dir.page_store(&img.pagemap.store)?;
+
+    // 2. Resources the restorer opens once and every new process inherits: descriptions at
+    //    numbers above all the tree's own, and shared memory objects.
+    let max_fd = img
+        .files
+        .tables
+        .iter()
+        .flat_map(|t| t.fds.iter().map(|e| e.fd))
+        .max()
+        .unwrap_or(2);
+    let limit = sys::syscalls::raise_nofile_limit()?;
+    let fd_base = (max_fd + 1).max(3);
+    if (fd_base as u64) + (img.files.descs.len() + img.mm.shmem.len()) as u64 + 16 > limit {
+        return Err(RestoreError::Invalid(format!(
+            "descriptor {max_fd} is above what RLIMIT_NOFILE ({limit}) allows here"
+        )));
+    }
+    let shmem = memory::prepare_shmem(&img.mm.shmem, &img.pagemap.entries, &store, fd_base)?;
+    let prepared = files::prepare(&img.files, &img.pipes, fd_base)?;
+
+    // 3. The tree, with exact PIDs; each process waits to be seized.
+    let layouts: HashMap<i32, Vec<(u64, u64)>> = img
+        .mm
+        .processes
+        .iter()
+        .map(|m| (m.pid, m.vmas.iter().map(|v| (v.start, v.end)).collect()))
+        .collect();
+    let plan = tree::plan(&img.pstree, &layouts);
+    let mut created = tree::create(&plan, opts.detach)?;
+    let create_ms = ms(t0);
+
+    // 4. Seize every process, then make each one its dumped self.
+    for p in &created.procs {
+        ptrace::seize_and_interrupt(p.host)?;
+        ptrace::wait_for_interrupt_stop(p.host)?;
+        ptrace::set_sigmask(p.host, !0)?;
+    }
+    let mut threads_of: HashMap<i32, Vec<Pid>> = HashMap::new();
+    let mut stats = RestoreStats {
+        processes: img.pstree.processes.len(),
+        create_ms,
+        ..Default::default()
+    };
+    for p in &created.procs {
+        let tids = restore_one(&img, &store, &shmem, &prepared, fd_base, p)?;
+        stats.threads += tids.len();
+        threads_of.insert(p.pid, tids);
+    }
+    stats.pages_restored = img
+        .pagemap
+        .entries
+        .iter()
+        .filter(|e| matches!(e.owner, images_format::mm::PageOwner::Process(_)))
+        .map(|e| e.nr_pages as u64)
+        .sum();
+
+    // 5. Release every thread of every process together, with its own signal mask.
+    for p in &created.procs {
+        let core = core_of(&img, p.pid)?;
+        for (t, tid) in core.threads.iter().zip(&threads_of[&p.pid]) {
+            ptrace::set_sigmask(*tid, t.blocked)?;
+        }
+    }
+    for p in &created.procs {
+        for tid in &threads_of[&p.pid] {
+            ptrace::detach(*tid, None)?;
+        }
+    }
+    created.release();
+    drop(prepared);
+    drop(shmem);
+    stats.root_pid = created.root_host.as_raw();
+    stats.total_ms = ms(t0);
+    info!(?stats, "restore complete");
+    Ok(Restored {
+        stats,
+        root: created.root_host,
+        root_is_child: created.root_is_child,
+    })
+}
+
+fn core_of(img: &Images, pid: i32) -> Result<&images_format::core::ProcessCore, RestoreError> {
+    img.core
+        .processes
+        .iter()
+        .find(|c| c.pid == pid)
+        .ok_or_else(|| RestoreError::Invalid(format!("no core record for process {pid}")))
+}
+
+/// Turns one seized builder into the dumped process; returns its threads' host TIDs (main first).
+fn restore_one(
+    img: &Images,
+    store: &images_format::PageStoreReader,
+    shmem: &memory::SharedObjects,
+    prepared: &files::Prepared,
+    fd_base: i32,
+    p: &tree::CreatedProc,
+) -> Result<Vec<Pid>, RestoreError> {
+    let core = core_of(img, p.pid)?;
+    let mm = img
+        .mm
+        .processes
+        .iter()
+        .find(|m| m.pid == p.pid)
+        .ok_or_else(|| RestoreError::Invalid(format!("no mm record for process {}", p.pid)))?;
+    let table = img
+        .files
+        .tables
+        .iter()
+        .find(|t| t.pid == p.pid)
+        .ok_or_else(|| RestoreError::Invalid(format!("no fd table for process {}", p.pid)))?;
+    let entry = img
+        .pstree
+        .processes
+        .iter()
+        .find(|e| e.pid == p.pid)
+        .ok_or_else(|| RestoreError::Invalid(format!("process {} is not in the tree", p.pid)))?;
+
+    let base = ptrace::get_regs(p.host)?;
+    let mut rt = RemoteTask::with_code(p.host, p.scratch, base)?;
+    rt.set_scratch(p.scratch, tree::SCRATCH_LEN);
+    task::unregister_inherited_rseq(&mut rt)?;
+    // Groups whose leader is not this process: join now that every leader exists.
+    if entry.pgid != entry.pid && entry.pgid != 0 && entry.sid != entry.pid {
+        let cur = std::fs::read_to_string(format!("/proc/{}/stat", p.host)).unwrap_or_default();
+        let cur_pgid = cur
+            .rsplit(')')
+            .next()
+            .and_then(|r| r.split_whitespace().nth(2))
+            .and_then(|v| v.parse::<i32>().ok());
+        if (img.pstree.pid_ns_init || cur_pgid != Some(entry.pgid))
+            && img.pstree.processes.iter().any(|q| q.pid == entry.pgid)
+        {
+            {
+                rt.syscall_ok(
+                    "setpgid",
+                    libc::SYS_setpgid,
+                    [0, entry.pgid as u64, 0, 0, 0, 0],
+                )
+                .map_err(|e| RestoreError::Task {
+                    pid: p.pid,
+                    what: format!("process group {}", entry.pgid),
+                    reason: e.to_string(),
+                })?;
+            }
+        }
+    }
+    memory::restore_mm(
+        &mut rt,
+        p.host.as_raw(),
+        p.scratch,
+        mm,
+        &img.pagemap.entries,
+        store,
+        shmem,
+    )?;
+    files::install(&mut rt, table, prepared, fd_base)?;
+    task::restore_process_state(&mut rt, core, p.pid)?;
+    let mut tids = vec![p.host];
+    tids.extend(task::create_threads(&mut rt, &core.threads)?);
+    for (i, (t, tid)) in core.threads.iter().zip(&tids).enumerate() {
+        if i == 0 {
+            task::restore_thread_state(&mut rt, t)?;
+        } else {
+            let mut sib = rt.sibling(*tid)?;
+            task::restore_thread_state(&mut sib, t)?;
+            task::restore_creds(&mut sib, &core.creds)?;
+            sib.finish_with(&ptrace::get_regs(*tid)?)?;
+        }
+    }
+    task::requeue_signals(&mut rt, core, p.pid)?;
+    task::restore_creds(&mut rt, &core.creds)?;
+    task::restore_after_creds(&mut rt, core)?;
+    // The syscall page goes last; the task runs no instruction from it after this munmap.
+    rt.syscall_ok(
+        "munmap",
+        libc::SYS_munmap,
+        [p.scratch, tree::SCRATCH_LEN, 0, 0, 0, 0],
+    )?;
+    let regs = task::user_regs(&core.threads[0].regs, &ptrace::get_regs(p.host)?);
+    rt.finish_with(&regs)?;
+    for (t, tid) in core.threads.iter().zip(&tids) {
+        task::set_final_regs(*tid, t)?;
+    }
+    Ok(tids)
+}

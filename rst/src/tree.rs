@@ -1,0 +1,484 @@
+//! Recreating the process tree with the dumped PIDs.
+//!
+//! The restorer forks the root with `clone3` (`set_tid`, and `CLONE_NEWPID` when the root was a
+//! PID namespace's init). Each new process runs [`build`] on its copy of the restorer: it sets
+//! its session and group, maps the page its remote syscalls will run from, creates its own
+//! children the same way (so parent links are exact), reports on a pipe and waits to be
+//! seized. Zombies exit at once with their dumped status.
+//!
+//! [`Created`] owns what was created: dropping it kills everything (a failed restore leaves no
+//! half-restored process); [`Created::release`] hands the tree over.
+
+use std::collections::HashMap;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use images_format::pstree::{ProcState, PstreeImage};
+use nix::errno::Errno;
+use nix::sys::signal::{kill, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag};
+use nix::unistd::Pid;
+use sys::clone::{clone3_process, CloneOpts};
+use sys::remote::SYSCALL_INSN;
+use sys::SysError;
+
+use crate::RestoreError;
+
+pub const SCRATCH_LEN: u64 = 4 * 4096;
+/// How long a PID still held by a dying zombie is waited for.
+const PID_WAIT: Duration = Duration::from_secs(3);
+const REPORT_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// What each builder needs, computed before the first fork.
+pub struct Plan {
+    pub procs: Vec<PlanProc>,
+    pub ns_init: bool,
+}
+
+pub struct PlanProc {
+    pub pid: i32,
+    pub ppid: i32,
+    pub pgid: i32,
+    pub sid: i32,
+    pub zombie: Option<i32>,
+    /// Addresses where the syscall page may go, best first (free in the dumped layout).
+    pub scratch_candidates: Vec<u64>,
+    pub children: Vec<usize>,
+}
+
+/// One report from a builder: 24 bytes, written atomically on a pipe.
+#[derive(Debug, Clone, Copy)]
+struct Report {
+    pid: i32,
+    errno: i32,
+    value: u64,
+}
+
+impl Report {
+    fn to_bytes(self) -> [u8; 24] {
+        let mut b = [0u8; 24];
+        b[0..4].copy_from_slice(&self.pid.to_le_bytes());
+        b[4..8].copy_from_slice(&self.errno.to_le_bytes());
+        b[8..16].copy_from_slice(&self.value.to_le_bytes());
+        b
+    }
+    fn from_bytes(b: &[u8; 24]) -> Self {
+        Report {
+            pid: i32::from_le_bytes([b[0], b[1], b[2], b[3]]),
+            errno: i32::from_le_bytes([b[4], b[5], b[6], b[7]]),
+            value: u64::from_le_bytes(b[8..16].try_into().unwrap_or([0; 8])),
+        }
+    }
+}
+
+/// A process of the new tree, ready to be seized.
+#[derive(Debug, Clone, Copy)]
+pub struct CreatedProc {
+    /// PID as recorded in the image (inside the new PID namespace, if any).
+    pub pid: i32,
+    /// PID as the restorer sees it.
+    pub host: Pid,
+    pub scratch: u64,
+}
+
+pub struct Created {
+    pub root_host: Pid,
+    /// Live processes in image order.
+    pub procs: Vec<CreatedProc>,
+    /// Whether the restorer is the root's parent (and must reap it).
+    pub root_is_child: bool,
+    released: bool,
+}
+
+impl Created {
+    /// The tree is handed over: it is not killed on drop any more.
+    pub fn release(&mut self) {
+        self.released = true;
+    }
+}
+
+impl Drop for Created {
+    fn drop(&mut self) {
+        if self.released {
+            return;
+        }
+        // Killing the init of a new PID namespace kills the whole namespace; otherwise every
+        // created process is killed by PID (they are all stopped or waiting, none can fork).
+        for p in self.procs.iter().rev() {
+            let _ = kill(p.host, Signal::SIGKILL);
+        }
+        let _ = kill(self.root_host, Signal::SIGKILL);
+        if self.root_is_child {
+            let _ = waitpid(self.root_host, Some(WaitPidFlag::__WALL));
+        }
+    }
+}
+
+fn write_report(fd: i32, r: Report) {
+    // The write end of the report pipe is inherited from the restorer and stays open for the
+    // builder's whole life; a 24-byte write to a pipe is atomic.
+    let _ = sys::syscalls::write_raw(fd, &r.to_bytes());
+}
+
+/// Creates a process with PID `set_tid[0]`, retrying while a dying zombie still holds it.
+fn clone_with_pid(opts: &CloneOpts<'_>, child: impl Fn() -> i32) -> Result<Pid, SysError> {
+    let start = Instant::now();
+    loop {
+        match clone3_process(opts, &child) {
+            Err(SysError::Syscall {
+                source: Errno::EEXIST,
+                ..
+            }) if start.elapsed() < PID_WAIT => std::thread::sleep(Duration::from_millis(5)),
+            r => return r,
+        }
+    }
+}
+
+/// Runs in every new process: session, group, syscall page, children, report, wait.
+fn build(plan: &Plan, idx: usize, report_fd: i32, die_with_parent: bool) -> i32 {
+    let me = &plan.procs[idx];
+    // A builder dies with its parent until its real pdeath signal is restored; not a detached
+    // root, whose parent (an intermediate process) exits at once. The restorer's
+    // `Created` guard kills it on failure instead.
+    if die_with_parent {
+        let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
+    }
+    sys::syscalls::reset_signal_dispositions();
+    let fail = |errno: Errno| {
+        write_report(
+            report_fd,
+            Report {
+                pid: me.pid,
+                errno: errno as i32,
+                value: 0,
+            },
+        );
+        1
+    };
+    // Sessions and groups that the image says this process leads; others are inherited from
+    // the parent or joined by a remote setpgid once every group leader exists.
+    if me.sid == me.pid {
+        if let Err(e) = nix::unistd::setsid() {
+            return fail(e);
+        }
+    } else if me.pgid == me.pid {
+        if let Err(e) = nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0)) {
+            return fail(e);
+        }
+    }
+    if let Some(code) = me.zombie {
+        // Become a zombie with the dumped wait status.
+        if code & 0x7f == 0 {
+            return (code >> 8) & 0xff;
+        }
+        let sig = Signal::try_from(code & 0x7f).unwrap_or(Signal::SIGKILL);
+        let _ = kill(nix::unistd::getpid(), sig);
+        return 128 + (code & 0x7f);
+    }
+    let mut scratch = 0;
+    for &cand in &me.scratch_candidates {
+        if sys::syscalls::map_code_page(cand, SCRATCH_LEN, &SYSCALL_INSN).is_ok() {
+            scratch = cand;
+            break;
+        }
+    }
+    if scratch == 0 {
+        return fail(Errno::ENOMEM);
+    }
+    for &c in &me.children {
+        let child = &plan.procs[c];
+        let set_tid = [child.pid];
+        let opts = CloneOpts {
+            flags: 0,
+            set_tid: &set_tid,
+            exit_signal: libc::SIGCHLD,
+            cgroup_fd: None,
+        };
+        if let Err(e) = clone_with_pid(&opts, || build(plan, c, report_fd, true)) {
+            let errno = match e {
+                SysError::Syscall { source, .. } => source,
+                _ => Errno::EINVAL,
+            };
+            write_report(
+                report_fd,
+                Report {
+                    pid: child.pid,
+                    errno: errno as i32,
+                    value: 0,
+                },
+            );
+            return 1;
+        }
+    }
+    write_report(
+        report_fd,
+        Report {
+            pid: me.pid,
+            errno: 0,
+            value: scratch,
+        },
+    );
+    sys::syscalls::pause_forever()
+}
+
+/// Creates the whole tree. With `detach`, the root is created by an intermediate process that
+/// exits at once, so the root is not the restorer's child.
+pub fn create(plan: &Plan, detach: bool) -> Result<Created, RestoreError> {
+    let (report_r, report_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| RestoreError::Tree(format!("pipe2: {e}")))?;
+    let report_fd = report_w.as_raw_fd();
+    let root = &plan.procs[0];
+    let root_tid = [if plan.ns_init { 1 } else { root.pid }];
+    let root_opts = CloneOpts {
+        flags: if plan.ns_init {
+            libc::CLONE_NEWPID as u64
+        } else {
+            0
+        },
+        set_tid: &root_tid,
+        exit_signal: libc::SIGCHLD,
+        cgroup_fd: None,
+    };
+    let (root_host, root_is_child) = if detach {
+        let mid = clone3_process(
+            &CloneOpts {
+                exit_signal: libc::SIGCHLD,
+                ..Default::default()
+            },
+            || match clone_with_pid(&root_opts, || build(plan, 0, report_fd, false)) {
+                Ok(pid) => {
+                    write_report(
+                        report_fd,
+                        Report {
+                            pid: -1,
+                            errno: 0,
+                            value: pid.as_raw() as u64,
+                        },
+                    );
+                    0
+                }
+                Err(e) => {
+                    let errno = match e {
+                        SysError::Syscall { source, .. } => source,
+                        _ => Errno::EINVAL,
+                    };
+                    write_report(
+                        report_fd,
+                        Report {
+                            pid: root.pid,
+                            errno: errno as i32,
+                            value: 0,
+                        },
+                    );
+                    1
+                }
+            },
+        )
+        .map_err(RestoreError::Sys)?;
+        let _ = waitpid(mid, None);
+        (None, false)
+    } else {
+        let pid = clone_with_pid(&root_opts, || build(plan, 0, report_fd, true)).map_err(|e| {
+            RestoreError::Tree(format!(
+                "cannot create the root process with PID {}: {e}",
+                root.pid
+            ))
+        })?;
+        (Some(pid), true)
+    };
+    drop(report_w);
+
+    let mut created = Created {
+        root_host: root_host.unwrap_or(Pid::from_raw(0)),
+        procs: Vec::new(),
+        root_is_child,
+        released: false,
+    };
+    let alive: usize = plan.procs.iter().filter(|p| p.zombie.is_none()).count();
+    let mut scratch: HashMap<i32, u64> = HashMap::new();
+    let deadline = Instant::now() + REPORT_TIMEOUT;
+    while scratch.len() < alive || created.root_host.as_raw() == 0 {
+        let r = read_report(&report_r, deadline)?;
+        if r.errno != 0 {
+            return Err(RestoreError::Tree(format!(
+                "cannot create process {}: {}",
+                r.pid,
+                Errno::from_raw(r.errno).desc()
+            )));
+        }
+        if r.pid == -1 {
+            created.root_host = Pid::from_raw(r.value as i32);
+        } else {
+            scratch.insert(r.pid, r.value);
+        }
+    }
+    // Host PIDs: the same numbers unless a new PID namespace was made; then found through
+    // NSpid walking down from the root.
+    let host_of = if plan.ns_init {
+        ns_host_pids(created.root_host)?
+    } else {
+        plan.procs
+            .iter()
+            .map(|p| (p.pid, Pid::from_raw(p.pid)))
+            .collect()
+    };
+    for p in &plan.procs {
+        if p.zombie.is_some() {
+            continue;
+        }
+        let host = *host_of.get(&p.pid).ok_or_else(|| {
+            RestoreError::Tree(format!("process {} not found after creation", p.pid))
+        })?;
+        created.procs.push(CreatedProc {
+            pid: p.pid,
+            host,
+            scratch: scratch[&p.pid],
+        });
+    }
+    Ok(created)
+}
+
+fn read_report(fd: &OwnedFd, deadline: Instant) -> Result<Report, RestoreError> {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    let left = deadline.saturating_duration_since(Instant::now());
+    let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
+    let n = poll(
+        &mut fds,
+        PollTimeout::try_from(left.as_millis() as i32).unwrap_or(PollTimeout::ZERO),
+    )
+    .map_err(|e| RestoreError::Tree(format!("poll: {e}")))?;
+    if n == 0 {
+        return Err(RestoreError::Tree(
+            "processes were not created in time".into(),
+        ));
+    }
+    let mut b = [0u8; 24];
+    let got = nix::unistd::read(fd.as_fd(), &mut b)
+        .map_err(|e| RestoreError::Tree(format!("read: {e}")))?;
+    if got != 24 {
+        return Err(RestoreError::Tree(
+            "a process of the new tree died while being created".into(),
+        ));
+    }
+    Ok(Report::from_bytes(&b))
+}
+
+/// Maps PIDs inside the new namespace to the restorer's view by walking children lists.
+fn ns_host_pids(root: Pid) -> Result<HashMap<i32, Pid>, RestoreError> {
+    let mut out = HashMap::new();
+    let mut queue = vec![root.as_raw()];
+    while let Some(h) = queue.pop() {
+        let status = std::fs::read_to_string(format!("/proc/{h}/status")).unwrap_or_default();
+        let nspid = status
+            .lines()
+            .find_map(|l| l.strip_prefix("NSpid:"))
+            .and_then(|v| v.split_whitespace().last()?.parse::<i32>().ok());
+        if let Some(v) = nspid {
+            out.insert(v, Pid::from_raw(h));
+        }
+        let children =
+            std::fs::read_to_string(format!("/proc/{h}/task/{h}/children")).unwrap_or_default();
+        queue.extend(
+            children
+                .split_whitespace()
+                .filter_map(|c| c.parse::<i32>().ok()),
+        );
+    }
+    Ok(out)
+}
+
+/// Builds the plan from the image: children lists and scratch candidates per process.
+pub fn plan(pstree: &PstreeImage, layouts: &HashMap<i32, Vec<(u64, u64)>>) -> Plan {
+    let index: HashMap<i32, usize> = pstree
+        .processes
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (p.pid, i))
+        .collect();
+    let mut procs: Vec<PlanProc> = pstree
+        .processes
+        .iter()
+        .map(|p| PlanProc {
+            pid: p.pid,
+            ppid: p.ppid,
+            pgid: p.pgid,
+            sid: p.sid,
+            zombie: match p.state {
+                ProcState::Zombie { exit_code } => Some(exit_code),
+                ProcState::Alive => None,
+            },
+            scratch_candidates: scratch_candidates(
+                layouts.get(&p.pid).map(|v| v.as_slice()).unwrap_or(&[]),
+            ),
+            children: Vec::new(),
+        })
+        .collect();
+    for i in 1..procs.len() {
+        if let Some(&parent) = index.get(&procs[i].ppid) {
+            procs[parent].children.push(i);
+        }
+    }
+    Plan {
+        procs,
+        ns_init: pstree.pid_ns_init,
+    }
+}
+
+/// Candidate addresses for the syscall page: the middle of the largest gaps of the dumped
+/// layout (sorted `(start, end)` areas), so that no dumped area will be mapped over it.
+pub fn scratch_candidates(areas: &[(u64, u64)]) -> Vec<u64> {
+    const LOW: u64 = 0x1000_0000;
+    const HIGH: u64 = 0x7fff_0000_0000;
+    let mut gaps = Vec::new();
+    let mut prev = LOW;
+    for &(s, e) in areas {
+        if s > prev {
+            gaps.push((prev, s));
+        }
+        prev = prev.max(e);
+    }
+    if prev < HIGH {
+        gaps.push((prev, HIGH));
+    }
+    gaps.retain(|(s, e)| e - s >= SCRATCH_LEN * 4);
+    gaps.sort_by_key(|(s, e)| std::cmp::Reverse(e - s));
+    gaps.iter()
+        .take(8)
+        .map(|(s, e)| (s + (e - s) / 2) & !0xfff)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scratch_goes_in_a_gap() {
+        let areas = [
+            (0x5555_0000_0000, 0x5555_0010_0000),
+            (0x7fff_f000_0000, 0x7fff_f100_0000),
+        ];
+        let c = scratch_candidates(&areas);
+        assert!(!c.is_empty());
+        for a in c {
+            for &(s, e) in &areas {
+                assert!(
+                    a + SCRATCH_LEN <= s || a >= e,
+                    "{a:#x} overlaps {s:#x}-{e:#x}"
+                );
+            }
+            assert_eq!(a & 0xfff, 0);
+        }
+    }
+
+    #[test]
+    fn report_round_trip() {
+        let r = Report {
+            pid: 42,
+            errno: 17,
+            value: 0xdead_b000,
+        };
+        let b = Report::from_bytes(&r.to_bytes());
+        assert_eq!((b.pid, b.errno, b.value), (42, 17, 0xdead_b000));
+    }
+}

@@ -1,0 +1,312 @@
+//! Syscalls executed inside a stopped tracee, the way CRIU's compel does it but driven by
+//! `PTRACE_SYSCALL` stops instead of an `int3` trap.
+//!
+//! The tracee's registers are pointed at a `syscall` instruction (first one patched over the
+//! current instruction pointer, then one on a scratch page mapped in the tracee), the task is
+//! resumed to its syscall-entry stop and then to its syscall-exit stop, and `rax` is read back.
+//! No signal is raised, so the tracee's signal dispositions are never touched. `orig_rax` is set
+//! to -1 so the kernel's syscall-restart logic does not rewrite the injected registers.
+//!
+//! Callers block all signals of the tracee (`PTRACE_SETSIGMASK`) before injecting, so a signal
+//! arriving meanwhile stays pending instead of running a handler mid-injection.
+#![allow(unsafe_code)]
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+
+use nix::errno::Errno;
+use nix::sys::wait::WaitStatus;
+
+use crate::ptrace::{self, UserRegs};
+use crate::{Pid, Result, SysError};
+
+/// Two bytes of x86-64 `syscall`.
+pub const SYSCALL_INSN: [u8; 2] = [0x0f, 0x05];
+/// Offset in the scratch page where data buffers for injected syscalls begin.
+pub const SCRATCH_DATA_OFFSET: u64 = 64;
+
+/// A tracee in which syscalls are injected. Create with [`RemoteTask::at_rip`] (dumping: patches
+/// the current instruction) or [`RemoteTask::with_code`] (restoring: a page prepared by the task
+/// itself). Always end with [`RemoteTask::finish`] or [`RemoteTask::finish_with`].
+pub struct RemoteTask {
+    tid: Pid,
+    saved: UserRegs,
+    code: u64,
+    mem: File,
+    patched: Option<(u64, [u8; 2])>,
+    scratch: Option<(u64, u64)>,
+    /// Whether `finish` unmaps the scratch area (false for siblings that borrow it).
+    owns_scratch: bool,
+    done: bool,
+    /// TIDs created by injected clone calls, in order.
+    pub cloned: Vec<Pid>,
+}
+
+impl RemoteTask {
+    /// Prepares a stopped tracee by patching a `syscall` instruction over its current `rip`
+    /// (through `/proc/TID/mem`, which may write read-only text; restored in `finish`).
+    pub fn at_rip(tid: Pid) -> Result<Self> {
+        let saved = ptrace::get_regs(tid)?;
+        let mem = open_mem(tid)?;
+        let mut orig = [0u8; 2];
+        mem.read_exact_at(&mut orig, saved.rip)
+            .map_err(|e| io_err("read /proc/TID/mem at rip", tid, &e))?;
+        mem.write_all_at(&SYSCALL_INSN, saved.rip)
+            .map_err(|e| io_err("patch /proc/TID/mem at rip", tid, &e))?;
+        Ok(Self {
+            tid,
+            saved,
+            code: saved.rip,
+            mem,
+            patched: Some((saved.rip, orig)),
+            scratch: None,
+            owns_scratch: false,
+            done: false,
+            cloned: Vec::new(),
+        })
+    }
+
+    /// A tracee that already has a `syscall` instruction at `code` (the restorer's tasks map
+    /// one there themselves before stopping). `base` are the registers injected calls start from.
+    pub fn with_code(tid: Pid, code: u64, base: UserRegs) -> Result<Self> {
+        Ok(Self {
+            tid,
+            saved: base,
+            code,
+            mem: open_mem(tid)?,
+            patched: None,
+            scratch: None,
+            owns_scratch: false,
+            done: false,
+            cloned: Vec::new(),
+        })
+    }
+
+    /// Another thread of the same process, injecting through this task's code and scratch
+    /// page (they share the address space). Its `finish` restores only its own registers.
+    pub fn sibling(&self, tid: Pid) -> Result<RemoteTask> {
+        let base = ptrace::get_regs(tid)?;
+        let mut t = RemoteTask::with_code(tid, self.code, base)?;
+        t.scratch = self.scratch;
+        Ok(t)
+    }
+
+    /// Declares a scratch area mapped by other means (the restorer's tasks map their own).
+    pub fn set_scratch(&mut self, addr: u64, len: u64) {
+        self.scratch = Some((addr, len));
+    }
+
+    pub fn tid(&self) -> Pid {
+        self.tid
+    }
+
+    /// Registers saved when injection started.
+    pub fn saved_regs(&self) -> &UserRegs {
+        &self.saved
+    }
+
+    /// Maps an RWX scratch area (anonymous, private) in the tracee at `hint` or anywhere, puts a
+    /// `syscall` instruction at its start, moves execution there and un-patches `rip`.
+    /// Returns the scratch address; data buffers start at `addr + SCRATCH_DATA_OFFSET`.
+    pub fn map_scratch(&mut self, len: u64) -> Result<u64> {
+        let addr = self.syscall_ok(
+            "mmap",
+            libc::SYS_mmap,
+            [
+                0,
+                len,
+                (libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC) as u64,
+                (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64,
+                u64::MAX,
+                0,
+            ],
+        )?;
+        self.write_mem(addr, &SYSCALL_INSN)?;
+        self.code = addr;
+        self.unpatch()?;
+        self.scratch = Some((addr, len));
+        self.owns_scratch = true;
+        Ok(addr)
+    }
+
+    /// Address of the scratch data area, if one is mapped.
+    pub fn scratch(&self) -> Option<(u64, u64)> {
+        self.scratch
+    }
+
+    fn unpatch(&mut self) -> Result<()> {
+        if let Some((addr, orig)) = self.patched.take() {
+            self.mem
+                .write_all_at(&orig, addr)
+                .map_err(|e| io_err("restore patched text", self.tid, &e))?;
+        }
+        Ok(())
+    }
+
+    /// Executes one syscall and returns the raw `rax` (negative errno on failure).
+    pub fn syscall(&mut self, nr: i64, args: [u64; 6]) -> Result<i64> {
+        let mut regs = self.saved;
+        regs.rip = self.code;
+        regs.rax = nr as u64;
+        regs.orig_rax = u64::MAX;
+        regs.rdi = args[0];
+        regs.rsi = args[1];
+        regs.rdx = args[2];
+        regs.r10 = args[3];
+        regs.r8 = args[4];
+        regs.r9 = args[5];
+        ptrace::set_regs(self.tid, &regs)?;
+        ptrace::syscall_step(self.tid)?;
+        self.expect_syscall_stop("syscall entry")?;
+        ptrace::syscall_step(self.tid)?;
+        loop {
+            match ptrace::wait(self.tid)? {
+                WaitStatus::PtraceSyscall(_) => break,
+                WaitStatus::PtraceEvent(_, _, ev)
+                    if ev == libc::PTRACE_EVENT_CLONE
+                        || ev == libc::PTRACE_EVENT_FORK
+                        || ev == libc::PTRACE_EVENT_VFORK =>
+                {
+                    let child = ptrace::event_msg(self.tid)?;
+                    self.cloned.push(Pid::from_raw(child as i32));
+                    ptrace::syscall_step(self.tid)?;
+                }
+                other => return Err(self.unexpected("syscall exit", &other)),
+            }
+        }
+        Ok(ptrace::get_regs(self.tid)?.rax as i64)
+    }
+
+    /// Executes one syscall; a negative return becomes [`SysError::RemoteSyscall`].
+    pub fn syscall_ok(&mut self, name: &'static str, nr: i64, args: [u64; 6]) -> Result<u64> {
+        let r = self.syscall(nr, args)?;
+        if (-4095..0).contains(&r) {
+            return Err(SysError::RemoteSyscall {
+                name,
+                tid: self.tid.as_raw(),
+                errno: Errno::from_raw(-r as i32),
+            });
+        }
+        Ok(r as u64)
+    }
+
+    fn expect_syscall_stop(&self, op: &'static str) -> Result<()> {
+        match ptrace::wait(self.tid)? {
+            WaitStatus::PtraceSyscall(_) => Ok(()),
+            other => Err(self.unexpected(op, &other)),
+        }
+    }
+
+    fn unexpected(&self, op: &'static str, st: &WaitStatus) -> SysError {
+        SysError::UnexpectedStop {
+            op,
+            tid: self.tid.as_raw(),
+            status: format!("{st:?}"),
+        }
+    }
+
+    /// Writes into the tracee's memory through `/proc/TID/mem` (works on read-only pages).
+    pub fn write_mem(&self, addr: u64, data: &[u8]) -> Result<()> {
+        self.mem
+            .write_all_at(data, addr)
+            .map_err(|e| io_err("write /proc/TID/mem", self.tid, &e))
+    }
+
+    pub fn read_mem(&self, addr: u64, len: usize) -> Result<Vec<u8>> {
+        let mut buf = vec![0u8; len];
+        self.mem
+            .read_exact_at(&mut buf, addr)
+            .map_err(|e| io_err("read /proc/TID/mem", self.tid, &e))?;
+        Ok(buf)
+    }
+
+    /// Writes `data` into the scratch data area at `off` and returns its address there.
+    pub fn put(&self, off: u64, data: &[u8]) -> Result<u64> {
+        let (base, len) = self.scratch.ok_or_else(|| SysError::Invalid {
+            op: "remote put",
+            reason: "no scratch area mapped".into(),
+        })?;
+        if SCRATCH_DATA_OFFSET + off + data.len() as u64 > len {
+            return Err(SysError::Invalid {
+                op: "remote put",
+                reason: format!("{} bytes at {off} do not fit the scratch area", data.len()),
+            });
+        }
+        let addr = base + SCRATCH_DATA_OFFSET + off;
+        self.write_mem(addr, data)?;
+        Ok(addr)
+    }
+
+    /// Reads back `len` bytes of the scratch data area at `off`.
+    pub fn get(&self, off: u64, len: usize) -> Result<Vec<u8>> {
+        let (base, _) = self.scratch.ok_or_else(|| SysError::Invalid {
+            op: "remote get",
+            reason: "no scratch area mapped".into(),
+        })?;
+        self.read_mem(base + SCRATCH_DATA_OFFSET + off, len)
+    }
+
+    /// Unmaps the scratch area (if this task mapped it), restores patched text and the saved
+    /// registers, and brings the task back to an interrupt stop so that, once detached, the
+    /// kernel restarts the syscall it was interrupted in, exactly as if never traced.
+    pub fn finish(mut self) -> Result<()> {
+        self.done = true;
+        self.cleanup()
+    }
+
+    fn cleanup(&mut self) -> Result<()> {
+        let mut first_err = None;
+        if self.owns_scratch {
+            if let Some((addr, len)) = self.scratch.take() {
+                if let Err(e) = self.syscall_ok("munmap", libc::SYS_munmap, [addr, len, 0, 0, 0, 0])
+                {
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        if let Err(e) = self.unpatch() {
+            first_err.get_or_insert(e);
+        }
+        let saved = self.saved;
+        let r = ptrace::set_regs(self.tid, &saved)
+            .and_then(|_| ptrace::reinterrupt(self.tid))
+            .and_then(|_| ptrace::set_regs(self.tid, &saved));
+        if let Err(e) = r {
+            first_err.get_or_insert(e);
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+
+    /// Ends injection leaving the task with `regs` (the restorer's final registers).
+    /// The caller unmaps the scratch area itself if it must go.
+    pub fn finish_with(mut self, regs: &UserRegs) -> Result<()> {
+        self.done = true;
+        ptrace::set_regs(self.tid, regs)
+    }
+}
+
+impl Drop for RemoteTask {
+    /// A session abandoned by an error still gives the task back its text and registers.
+    fn drop(&mut self) {
+        if !self.done {
+            self.done = true;
+            let _ = self.cleanup();
+        }
+    }
+}
+
+fn open_mem(tid: Pid) -> Result<File> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(format!("/proc/{tid}/mem"))
+        .map_err(|e| io_err("open /proc/TID/mem", tid, &e))
+}
+
+fn io_err(op: &'static str, tid: Pid, e: &std::io::Error) -> SysError {
+    SysError::Ptrace {
+        op,
+        tid: tid.as_raw(),
+        source: Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
+    }
+}

@@ -1,0 +1,2 @@
+//! Integration tests, workloads and benchmarks of vzcpt.
+#![forbid(unsafe_code)]
