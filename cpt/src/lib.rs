@@ -117,6 +117,13 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats, DumpError> {
     };
 
     // 2. Collect, writing into a temporary directory that only `commit` puts in place.
+    if let Some(parent) = opts.dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(|source| DumpError::Io {
+            op: "create directory",
+            path: parent.to_path_buf(),
+            source,
+        })?;
+    }
     let mut writer = ImageWriter::create(&opts.dir)?;
     let pid_map = PidMap::new(&frozen)?;
     let mut pstree = PstreeImage {

@@ -131,6 +131,8 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     let img = Images::load(&opts.dir)?;
     validate::validate(&img)?;
     let store = img.dir.page_store(&img.pagemap.store)?;
+    // Every page chunk's checksum too: a damaged image must be refused before any process exists.
+    store.verify_all()?;
 
     // 2. Resources the restorer opens once and every new process inherits: descriptions at
     //    numbers above all the tree's own, and shared memory objects.
