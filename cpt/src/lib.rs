@@ -231,7 +231,12 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats, DumpError> {
     stats.frozen_ms = ms(t_frozen);
     frozen.finish(opts.final_state)?;
     stats.total_ms = ms(t0);
-    info!(?stats, "dump complete");
+    info!(
+        ?stats,
+        read_ms = mem_stats.read_ns / 1_000_000,
+        store_ms = mem_stats.store_ns / 1_000_000,
+        "dump complete"
+    );
     Ok(stats)
 }
 

@@ -31,6 +31,9 @@ const PAGE: u64 = PAGE_SIZE as u64;
 /// Counters of what the memory dump stored.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct MemStats {
+    /// Time spent in process_vm_readv and in storing pages (checks, copy, write), in ns.
+    pub read_ns: u64,
+    pub store_ns: u64,
     pub pages_scanned: u64,
     pub pages_stored: u64,
     pub zero_pages_skipped: u64,
@@ -235,6 +238,7 @@ impl<'a> MemDumper<'a> {
             base: addr as usize,
             len,
         }];
+        let t = std::time::Instant::now();
         let got = process_vm_readv(
             nix::unistd::Pid::from_raw(pid),
             &mut [IoSliceMut::new(buf)],
@@ -252,7 +256,11 @@ impl<'a> MemDumper<'a> {
                 reason: format!("process_vm_readv read {got} of {len} bytes"),
             });
         }
-        self.store_buffer(PageOwner::Process(pid), addr, n, drop_zero)
+        let t2 = std::time::Instant::now();
+        self.stats.read_ns += (t2 - t).as_nanos() as u64;
+        let r = self.store_buffer(PageOwner::Process(pid), addr, n, drop_zero);
+        self.stats.store_ns += t2.elapsed().as_nanos() as u64;
+        r
     }
 
     /// Appends the `n` pages in `self.buf` as runs of non-zero pages (all pages if `!drop_zero`).

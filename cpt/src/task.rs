@@ -9,7 +9,7 @@ use images_format::core::{
     AltStack, Creds, ITimer, ProcessCore, Regs, Rlimit, Rseq, SigAction, SigInfo, ThreadCore,
 };
 use sys::ptrace::{self, UserRegs};
-use sys::remote::RemoteTask;
+use sys::remote::{Call, RemoteTask, SCRATCH_DATA_OFFSET};
 
 use crate::proc::{parse_limits, parse_status, status_hex, status_numbers, ProcDir};
 use crate::seize::SeizedProcess;
@@ -20,7 +20,7 @@ const ERESTARTNOINTR: i64 = 513;
 const ERESTARTNOHAND: i64 = 514;
 const ERESTART_RESTARTBLOCK: i64 = 516;
 const TIMER_ABSTIME: u64 = 1;
-const SCRATCH_LEN: u64 = 4 * 4096;
+const SCRATCH_LEN: u64 = 16 * 4096;
 
 pub fn regs_from(r: &UserRegs) -> Regs {
     Regs {
@@ -101,11 +101,6 @@ fn io(
     move |source| DumpError::Io { op, path, source }
 }
 
-fn read_u64(remote: &RemoteTask, off: u64) -> Result<u64, DumpError> {
-    let b = remote.get(off, 8)?;
-    Ok(u64::from_le_bytes(b.try_into().unwrap_or([0; 8])))
-}
-
 /// What the remote session of one process found.
 pub struct RemoteFacts {
     pub brk: u64,
@@ -126,72 +121,95 @@ pub fn dump_process(p: &SeizedProcess) -> Result<(ProcessCore, RemoteFacts), Dum
     let mut remote = RemoteTask::at_rip(p.pid)?;
     let result = (|| {
         remote.map_scratch(SCRATCH_LEN)?;
-        // Signal dispositions: only caught or ignored signals (and SIGCHLD, whose flags matter
-        // even at SIG_DFL) differ from the default, so only those are asked for.
-        let mut sigactions = vec![SigAction::default(); 64];
+        // One batch: dispositions of the signals that are caught or ignored (and SIGCHLD, whose
+        // flags matter even at SIG_DFL), brk, itimers, prctl values. Each call has its own
+        // output slot in the scratch data area.
+        let mut calls = Vec::new();
+        let mut sig_slots = Vec::new();
+        let mut slot = 0u64;
+        let mut out = |len: u64| {
+            let off = slot;
+            slot += len;
+            off
+        };
+        let base = remote
+            .scratch()
+            .map(|(a, _)| a + SCRATCH_DATA_OFFSET)
+            .unwrap_or(0);
         for sig in 1..=64u64 {
             let bit = 1u64 << (sig - 1);
-            if sig == 9 || sig == 19 || (sigcgt | sigign) & bit == 0 && sig != 17 {
+            if sig == 9 || sig == 19 || ((sigcgt | sigign) & bit == 0 && sig != 17) {
                 continue;
             }
-            let out = remote.put(0, &[0u8; 32])?;
-            remote.syscall_ok(
+            let off = out(32);
+            sig_slots.push((sig, off));
+            calls.push(Call::new(
                 "rt_sigaction",
                 libc::SYS_rt_sigaction,
-                [sig, 0, out, 8, 0, 0],
-            )?;
-            let b = remote.get(0, 32)?;
-            let w = |i: usize| u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]));
-            sigactions[(sig - 1) as usize] = SigAction {
-                handler: w(0),
-                flags: w(1),
-                restorer: w(2),
-                mask: w(3),
-            };
+                &[sig, 0, base + off, 8],
+            ));
         }
-        let brk = remote.syscall_ok("brk", libc::SYS_brk, [0; 6])?;
-        let mut itimers = Vec::new();
+        calls.push(Call::new("brk", libc::SYS_brk, &[0]));
+        let brk_at = calls.len() - 1;
+        let mut timer_slots = Vec::new();
         for which in 0..3u64 {
-            let out = remote.put(0, &[0u8; 32])?;
-            remote.syscall_ok("getitimer", libc::SYS_getitimer, [which, out, 0, 0, 0, 0])?;
-            let b = remote.get(0, 32)?;
-            let w = |i: usize| u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]));
-            itimers.push(ITimer {
-                interval_us: w(0) * 1_000_000 + w(1),
-                value_us: w(2) * 1_000_000 + w(3),
-            });
+            let off = out(32);
+            timer_slots.push(off);
+            calls.push(Call::new(
+                "getitimer",
+                libc::SYS_getitimer,
+                &[which, base + off],
+            ));
         }
-        let prctl = |remote: &mut RemoteTask, name, op: i32, arg: u64| {
-            remote.syscall_ok(name, libc::SYS_prctl, [op as u64, arg, 0, 0, 0, 0])
-        };
-        let dumpable = prctl(
-            &mut remote,
-            "prctl(PR_GET_DUMPABLE)",
-            libc::PR_GET_DUMPABLE,
-            0,
-        )? as u32;
-        let securebits = prctl(
-            &mut remote,
+        let prctl = |name, op: i32, arg: u64| Call::new(name, libc::SYS_prctl, &[op as u64, arg]);
+        calls.push(prctl("prctl(PR_GET_DUMPABLE)", libc::PR_GET_DUMPABLE, 0));
+        let dumpable_at = calls.len() - 1;
+        calls.push(prctl(
             "prctl(PR_GET_SECUREBITS)",
             libc::PR_GET_SECUREBITS,
             0,
-        )? as u32;
-        let out = remote.put(0, &[0u8; 8])?;
-        prctl(
-            &mut remote,
+        ));
+        let securebits_at = calls.len() - 1;
+        let subreaper_off = out(8);
+        calls.push(prctl(
             "prctl(PR_GET_CHILD_SUBREAPER)",
             libc::PR_GET_CHILD_SUBREAPER,
-            out,
-        )?;
-        let child_subreaper = read_u64(&remote, 0)? as u32 != 0;
-        let out = remote.put(0, &[0u8; 8])?;
-        prctl(
-            &mut remote,
+            base + subreaper_off,
+        ));
+        let pdeath_off = out(8);
+        calls.push(prctl(
             "prctl(PR_GET_PDEATHSIG)",
             libc::PR_GET_PDEATHSIG,
-            out,
-        )?;
-        let pdeath_signal = read_u64(&remote, 0)? as u32;
+            base + pdeath_off,
+        ));
+        remote.put(0, &vec![0u8; slot as usize])?;
+        let results = remote.batch(&calls)?;
+        let data = remote.get(0, slot as usize)?;
+        let word = |off: u64, i: usize| {
+            let at = off as usize + i * 8;
+            u64::from_le_bytes(data[at..at + 8].try_into().unwrap_or([0; 8]))
+        };
+        let mut sigactions = vec![SigAction::default(); 64];
+        for (sig, off) in sig_slots {
+            sigactions[(sig - 1) as usize] = SigAction {
+                handler: word(off, 0),
+                flags: word(off, 1),
+                restorer: word(off, 2),
+                mask: word(off, 3),
+            };
+        }
+        let brk = results[brk_at] as u64;
+        let itimers = timer_slots
+            .iter()
+            .map(|&off| ITimer {
+                interval_us: word(off, 0) * 1_000_000 + word(off, 1),
+                value_us: word(off, 2) * 1_000_000 + word(off, 3),
+            })
+            .collect();
+        let dumpable = results[dumpable_at] as u32;
+        let securebits = results[securebits_at] as u32;
+        let child_subreaper = word(subreaper_off, 0) as u32 != 0;
+        let pdeath_signal = word(pdeath_off, 0) as u32;
 
         let mut threads = Vec::new();
         for (i, t) in p.threads.iter().enumerate() {
@@ -346,24 +364,29 @@ pub fn dump_process(p: &SeizedProcess) -> Result<(ProcessCore, RemoteFacts), Dum
     Ok((core, RemoteFacts { brk }))
 }
 
-/// sigaltstack and clear_child_tid, readable only from inside the thread.
+/// sigaltstack and clear_child_tid, readable only from inside the thread. One batch.
 fn thread_remote_facts(remote: &mut RemoteTask) -> Result<(AltStack, u64), DumpError> {
-    let out = remote.put(0, &[0u8; 24])?;
-    remote.syscall_ok("sigaltstack", libc::SYS_sigaltstack, [0, out, 0, 0, 0, 0])?;
-    let b = remote.get(0, 24)?;
+    let base = remote
+        .scratch()
+        .map(|(a, _)| a + SCRATCH_DATA_OFFSET)
+        .unwrap_or(0);
+    remote.put(0, &[0u8; 32])?;
+    remote.batch(&[
+        Call::new("sigaltstack", libc::SYS_sigaltstack, &[0, base]),
+        Call::new(
+            "prctl(PR_GET_TID_ADDRESS)",
+            libc::SYS_prctl,
+            &[libc::PR_GET_TID_ADDRESS as u64, base + 24],
+        ),
+    ])?;
+    let b = remote.get(0, 32)?;
+    let w = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().unwrap_or([0; 8]));
     let altstack = AltStack {
-        sp: u64::from_le_bytes(b[0..8].try_into().unwrap_or([0; 8])),
+        sp: w(0),
         flags: i32::from_le_bytes(b[8..12].try_into().unwrap_or([0; 4])),
-        size: u64::from_le_bytes(b[16..24].try_into().unwrap_or([0; 8])),
+        size: w(16),
     };
-    let out = remote.put(0, &[0u8; 8])?;
-    remote.syscall_ok(
-        "prctl(PR_GET_TID_ADDRESS)",
-        libc::SYS_prctl,
-        [libc::PR_GET_TID_ADDRESS as u64, out, 0, 0, 0, 0],
-    )?;
-    let tid_addr = read_u64(remote, 0)?;
-    Ok((altstack, tid_addr))
+    Ok((altstack, w(24)))
 }
 
 fn siginfos(raw: Vec<[u8; 128]>) -> Vec<SigInfo> {

@@ -13,7 +13,7 @@ use images_format::files::{FdTable, FileKind, FilesImage};
 use images_format::pipes::PipesImage;
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::unistd::{lseek, Whence};
-use sys::remote::RemoteTask;
+use sys::remote::{Call, RemoteTask};
 
 use crate::RestoreError;
 
@@ -195,12 +195,14 @@ fn fill_pipe(w: &OwnedFd, capacity: u32, data: &[u8], pipe_id: u64) -> Result<()
 }
 
 /// In the task: `dup3` each dumped descriptor from the inherited one, then close the rest.
+/// One batch.
 pub fn install(
     rt: &mut RemoteTask,
     table: &FdTable,
     prepared: &Prepared,
     fd_base: i32,
 ) -> Result<(), RestoreError> {
+    let mut calls = Vec::new();
     let mut wanted: Vec<i32> = Vec::new();
     for e in &table.fds {
         let src = prepared.descs.get(&e.desc).ok_or_else(|| {
@@ -210,11 +212,11 @@ pub fn install(
             ))
         })?;
         let flags = if e.cloexec { libc::O_CLOEXEC as u64 } else { 0 };
-        rt.syscall_ok(
+        calls.push(Call::new(
             "dup3",
             libc::SYS_dup3,
-            [src.as_raw_fd() as u64, e.fd as u64, flags, 0, 0, 0],
-        )?;
+            &[src.as_raw_fd() as u64, e.fd as u64, flags],
+        ));
         wanted.push(e.fd);
     }
     wanted.sort_unstable();
@@ -222,25 +224,26 @@ pub fn install(
     let mut from: u64 = 0;
     for &fd in &wanted {
         if (fd as u64) > from {
-            rt.syscall_ok(
+            calls.push(Call::new(
                 "close_range",
                 libc::SYS_close_range,
-                [from, fd as u64 - 1, 0, 0, 0, 0],
-            )?;
+                &[from, fd as u64 - 1, 0],
+            ));
         }
         from = fd as u64 + 1;
     }
     if from < fd_base as u64 {
-        rt.syscall_ok(
+        calls.push(Call::new(
             "close_range",
             libc::SYS_close_range,
-            [from, fd_base as u64 - 1, 0, 0, 0, 0],
-        )?;
+            &[from, fd_base as u64 - 1, 0],
+        ));
     }
-    rt.syscall_ok(
+    calls.push(Call::new(
         "close_range",
         libc::SYS_close_range,
-        [fd_base as u64, u32::MAX as u64, 0, 0, 0, 0],
-    )?;
+        &[fd_base as u64, u32::MAX as u64, 0],
+    ));
+    rt.batch(&calls)?;
     Ok(())
 }

@@ -7,6 +7,7 @@
 //! [`tree::Created`] kills everything created: nothing half-restored stays alive.
 #![forbid(unsafe_code)]
 
+pub mod arena;
 pub mod files;
 pub mod memory;
 pub mod task;
@@ -150,7 +151,8 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
             "descriptor {max_fd} is above what RLIMIT_NOFILE ({limit}) allows here"
         )));
     }
-    let shmem = memory::prepare_shmem(&img.mm.shmem, &img.pagemap.entries, &store, fd_base)?;
+    let mut chunks = memory::ChunkCache::new(&store);
+    let shmem = memory::prepare_shmem(&img.mm.shmem, &img.pagemap.entries, &mut chunks, fd_base)?;
     let prepared = files::prepare(&img.files, &img.pipes, fd_base)?;
 
     // 3. The tree, with exact PIDs; each process waits to be seized.
@@ -177,7 +179,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
         ..Default::default()
     };
     for p in &created.procs {
-        let tids = restore_one(&img, &store, &shmem, &prepared, fd_base, p)?;
+        let tids = restore_one(&img, &mut chunks, &shmem, &prepared, fd_base, p)?;
         stats.threads += tids.len();
         threads_of.insert(p.pid, tids);
     }
@@ -225,7 +227,7 @@ fn core_of(img: &Images, pid: i32) -> Result<&images_format::core::ProcessCore, 
 /// Turns one seized builder into the dumped process; returns its threads' host TIDs (main first).
 fn restore_one(
     img: &Images,
-    store: &images_format::PageStoreReader,
+    chunks: &mut memory::ChunkCache<'_>,
     shmem: &memory::SharedObjects,
     prepared: &files::Prepared,
     fd_base: i32,
@@ -254,39 +256,40 @@ fn restore_one(
     let base = ptrace::get_regs(p.host)?;
     let mut rt = RemoteTask::with_code(p.host, p.scratch, base)?;
     rt.set_scratch(p.scratch, tree::SCRATCH_LEN);
-    task::unregister_inherited_rseq(&mut rt)?;
-    // Groups whose leader is not this process: join now that every leader exists.
-    if entry.pgid != entry.pid && entry.pgid != 0 && entry.sid != entry.pid {
-        let cur = std::fs::read_to_string(format!("/proc/{}/stat", p.host)).unwrap_or_default();
-        let cur_pgid = cur
-            .rsplit(')')
-            .next()
-            .and_then(|r| r.split_whitespace().nth(2))
-            .and_then(|v| v.parse::<i32>().ok());
-        if (img.pstree.pid_ns_init || cur_pgid != Some(entry.pgid))
-            && img.pstree.processes.iter().any(|q| q.pid == entry.pgid)
-        {
-            {
-                rt.syscall_ok(
-                    "setpgid",
-                    libc::SYS_setpgid,
-                    [0, entry.pgid as u64, 0, 0, 0, 0],
-                )
-                .map_err(|e| RestoreError::Task {
-                    pid: p.pid,
-                    what: format!("process group {}", entry.pgid),
-                    reason: e.to_string(),
-                })?;
-            }
-        }
+    // The restorer's rseq registration, inherited through fork, goes before its memory does;
+    // a process joins a group whose leader is not itself now that every leader exists.
+    let mut first = Vec::new();
+    let (rseq_addr, rseq_len, rseq_sig) = ptrace::get_rseq(p.host)?;
+    if rseq_addr != 0 {
+        first.push(sys::remote::Call::new(
+            "rseq(unregister)",
+            libc::SYS_rseq,
+            &[rseq_addr, rseq_len as u64, 1, rseq_sig as u64],
+        ));
     }
+    if entry.pgid != entry.pid
+        && entry.pgid != 0
+        && entry.sid != entry.pid
+        && img.pstree.processes.iter().any(|q| q.pid == entry.pgid)
+    {
+        first.push(sys::remote::Call::new(
+            "setpgid",
+            libc::SYS_setpgid,
+            &[0, entry.pgid as u64],
+        ));
+    }
+    rt.batch(&first).map_err(|e| RestoreError::Task {
+        pid: p.pid,
+        what: format!("process group {}", entry.pgid),
+        reason: e.to_string(),
+    })?;
     memory::restore_mm(
         &mut rt,
         p.host.as_raw(),
         p.scratch,
         mm,
         &img.pagemap.entries,
-        store,
+        chunks,
         shmem,
     )?;
     files::install(&mut rt, table, prepared, fd_base)?;
@@ -299,13 +302,12 @@ fn restore_one(
         } else {
             let mut sib = rt.sibling(*tid)?;
             task::restore_thread_state(&mut sib, t)?;
-            task::restore_creds(&mut sib, &core.creds)?;
+            task::restore_creds(&mut sib, &core.creds, None)?;
             sib.finish_with(&ptrace::get_regs(*tid)?)?;
         }
     }
     task::requeue_signals(&mut rt, core, p.pid)?;
-    task::restore_creds(&mut rt, &core.creds)?;
-    task::restore_after_creds(&mut rt, core)?;
+    task::restore_creds(&mut rt, &core.creds, Some(core))?;
     // The syscall page goes last; the task runs no instruction from it after this munmap.
     rt.syscall_ok(
         "munmap",
@@ -313,6 +315,7 @@ fn restore_one(
         [p.scratch, tree::SCRATCH_LEN, 0, 0, 0, 0],
     )?;
     let regs = task::user_regs(&core.threads[0].regs, &ptrace::get_regs(p.host)?);
+    tracing::debug!(pid = p.pid, syscalls = rt.injected, "process rebuilt");
     rt.finish_with(&regs)?;
     for (t, tid) in core.threads.iter().zip(&tids) {
         task::set_final_regs(*tid, t)?;

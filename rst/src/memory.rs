@@ -14,7 +14,9 @@ use images_format::mm::{PageOwner, PagemapEntry, ProcessMm, ShmemObject, VmaKind
 use images_format::pagestore::PageStoreReader;
 use images_format::PAGE_SIZE;
 use nix::sys::uio::{process_vm_writev, RemoteIoVec};
-use sys::remote::RemoteTask;
+use sys::remote::{Call, RemoteTask};
+
+use crate::arena::Arena;
 
 use crate::tree::SCRATCH_LEN;
 use crate::RestoreError;
@@ -23,6 +25,34 @@ const TASK_SIZE: u64 = 0x7fff_ffff_f000;
 const MMAP_MIN: u64 = 0x1000;
 const PR_SET_MM: u64 = 35;
 const PR_SET_MM_MAP: u64 = 14;
+
+/// The last chunk read from the page store, decoded. Processes are restored in the order
+/// their pages were dumped, so consecutive processes mostly need the same chunk: one slot
+/// avoids reading and checksumming a chunk again for each of them.
+pub struct ChunkCache<'a> {
+    store: &'a PageStoreReader,
+    index: u32,
+    data: Vec<u8>,
+}
+
+impl<'a> ChunkCache<'a> {
+    pub fn new(store: &'a PageStoreReader) -> Self {
+        Self {
+            store,
+            index: u32::MAX,
+            data: Vec::new(),
+        }
+    }
+
+    pub fn get(&mut self, i: u32) -> Result<&[u8], RestoreError> {
+        if self.index != i {
+            self.index = u32::MAX;
+            self.store.chunk_into(i, &mut self.data)?;
+            self.index = i;
+        }
+        Ok(&self.data)
+    }
+}
 
 /// Shared anonymous objects, created and filled in the restorer before any fork.
 pub struct SharedObjects {
@@ -33,7 +63,7 @@ pub struct SharedObjects {
 pub fn prepare_shmem(
     objects: &[ShmemObject],
     entries: &[PagemapEntry],
-    store: &PageStoreReader,
+    chunks: &mut ChunkCache<'_>,
     fd_base: i32,
 ) -> Result<SharedObjects, RestoreError> {
     use std::os::unix::fs::FileExt;
@@ -48,14 +78,8 @@ pub fn prepare_shmem(
         let file = std::fs::File::from(fd);
         file.set_len(o.size)
             .map_err(|e| RestoreError::Memory(format!("size shared object {}: {e}", o.id)))?;
-        let mut chunk = Vec::new();
-        let mut loaded = u32::MAX;
         for e in entries.iter().filter(|e| e.owner == PageOwner::Shmem(o.id)) {
-            if loaded != e.loc.chunk {
-                store.chunk_into(e.loc.chunk, &mut chunk)?;
-                loaded = e.loc.chunk;
-            }
-            let data = page_slice(&chunk, e)?;
+            let data = page_slice(chunks.get(e.loc.chunk)?, e)?;
             file.write_all_at(data, e.addr).map_err(|err| {
                 RestoreError::Memory(format!("fill shared object {}: {err}", o.id))
             })?;
@@ -110,43 +134,40 @@ pub fn restore_mm(
     scratch: u64,
     mm: &ProcessMm,
     entries: &[PagemapEntry],
-    store: &PageStoreReader,
+    chunks: &mut ChunkCache<'_>,
     shmem: &SharedObjects,
 ) -> Result<(), RestoreError> {
-    // 1. Everything but the syscall page and the special areas goes.
+    // 1. Everything but the syscall page and the special areas goes; the special areas move to
+    //    their dumped addresses. One batch.
     let cur = current_maps(host_pid)?;
     let mut keep: Vec<(u64, u64)> = vec![(scratch, scratch + SCRATCH_LEN)];
     let mut specials: HashMap<&str, (u64, u64)> = HashMap::new();
     for (s, e, path) in &cur {
-        if matches!(path.as_str(), "[vdso]" | "[vvar]" | "[vvar_vclock]") {
-            keep.push((*s, *e));
-            specials.insert(
-                match path.as_str() {
-                    "[vdso]" => "[vdso]",
-                    "[vvar]" => "[vvar]",
-                    _ => "[vvar_vclock]",
-                },
-                (*s, *e),
-            );
-        }
+        let name = match path.as_str() {
+            "[vdso]" => "[vdso]",
+            "[vvar]" => "[vvar]",
+            "[vvar_vclock]" => "[vvar_vclock]",
+            _ => continue,
+        };
+        keep.push((*s, *e));
+        specials.insert(name, (*s, *e));
     }
     keep.sort_unstable();
+    let mut calls = Vec::new();
     let mut from = MMAP_MIN;
     for &(s, e) in &keep {
         if s > from {
-            rt.syscall_ok("munmap", libc::SYS_munmap, [from, s - from, 0, 0, 0, 0])?;
+            calls.push(Call::new("munmap", libc::SYS_munmap, &[from, s - from]));
         }
         from = from.max(e);
     }
     if from < TASK_SIZE {
-        rt.syscall_ok(
+        calls.push(Call::new(
             "munmap",
             libc::SYS_munmap,
-            [from, TASK_SIZE - from, 0, 0, 0, 0],
-        )?;
+            &[from, TASK_SIZE - from],
+        ));
     }
-
-    // 2. Special areas to their dumped addresses, in an order that never overlaps one not moved yet.
     let mut moves: Vec<(u64, u64, u64)> = Vec::new(); // (cur_start, len, new_start)
     for v in &mm.vmas {
         if let Some(name) = special_name(&v.kind) {
@@ -166,79 +187,126 @@ pub fn restore_mm(
         }
     }
     for (_, (s, e)) in specials.drain() {
-        rt.syscall_ok("munmap", libc::SYS_munmap, [s, e - s, 0, 0, 0, 0])?;
+        calls.push(Call::new("munmap", libc::SYS_munmap, &[s, e - s]));
     }
-    // Moving down: lowest first; moving up: highest first.
+    // Moving down: lowest first; moving up: highest first; so no area lands on one not moved yet.
     moves.sort_by_key(|&(s, _, n)| if n < s { s as i128 } else { -(s as i128) });
     for (s, len, new) in moves {
         if s != new {
-            rt.syscall_ok(
+            let flags = (libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED) as u64;
+            calls.push(Call::new(
                 "mremap",
                 libc::SYS_mremap,
-                [
-                    s,
-                    len,
-                    len,
-                    (libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED) as u64,
-                    new,
-                    0,
-                ],
-            )?;
+                &[s, len, len, flags, new],
+            ));
         }
     }
+    rt.batch(&calls)?;
 
-    // 3. Every other area, writable while being filled if it has stored pages.
+    // 2. Each file mapped (and the executable) opened once. One batch.
+    let mut arena = Arena::new();
+    let mut files: Vec<(String, i32)> = Vec::new();
+    for v in &mm.vmas {
+        if let VmaKind::File { path } = &v.kind {
+            let shared_w =
+                v.flags & libc::MAP_SHARED as u32 != 0 && v.prot & libc::PROT_WRITE as u32 != 0;
+            let mode = if shared_w {
+                libc::O_RDWR
+            } else {
+                libc::O_RDONLY
+            };
+            if !files.iter().any(|(p, m)| p == path && *m == mode) {
+                files.push((path.clone(), mode));
+            }
+        }
+    }
+    files.push((mm.exe.clone(), libc::O_RDONLY));
+    let mut calls = Vec::new();
+    for (path, mode) in &files {
+        let addr = arena.cstr(rt, path)?;
+        calls.push(Call::new(
+            "openat",
+            libc::SYS_openat,
+            &[libc::AT_FDCWD as u64, addr, (mode | libc::O_CLOEXEC) as u64],
+        ));
+    }
+    let fds = rt.batch_raw(&calls)?;
+    let close_all = |rt: &mut RemoteTask, fds: &[i64]| {
+        let closes: Vec<Call> = fds
+            .iter()
+            .filter(|&&fd| fd >= 0)
+            .map(|&fd| Call::new("close", libc::SYS_close, &[fd as u64]))
+            .collect();
+        let _ = rt.batch_raw(&closes);
+    };
+    if let Some(i) = fds.iter().position(|&r| r < 0) {
+        close_all(rt, &fds);
+        return Err(RestoreError::Memory(format!(
+            "cannot open {} in the restored process: {}",
+            files[i].0,
+            nix::errno::Errno::from_raw(-fds[i] as i32).desc()
+        )));
+    }
+    let fd_of = |path: &str, mode: i32| -> u64 {
+        files
+            .iter()
+            .position(|(p, m)| p == path && *m == mode)
+            .map(|i| fds[i] as u64)
+            .unwrap_or(u64::MAX)
+    };
+
+    // 3. Every area at its address, writable while it is filled if it has stored pages. One batch.
     let has_pages = |s: u64, e: u64| {
         entries
             .iter()
             .any(|p| p.owner == PageOwner::Process(mm.pid) && p.addr >= s && p.addr < e)
     };
     let mut reprotect = Vec::new();
+    let mut calls = Vec::new();
+    let mut what = Vec::new();
     for v in &mm.vmas {
         let len = v.end - v.start;
         let fill = has_pages(v.start, v.end);
         let prot = v.prot as u64 | if fill { libc::PROT_WRITE as u64 } else { 0 };
         let flags = v.flags as u64 | libc::MAP_FIXED as u64;
         match &v.kind {
-            VmaKind::Anon => {
-                rt.syscall_ok(
-                    "mmap(anonymous)",
-                    libc::SYS_mmap,
-                    [
-                        v.start,
-                        len,
-                        prot,
-                        flags | libc::MAP_ANONYMOUS as u64,
-                        u64::MAX,
-                        0,
-                    ],
-                )?;
-            }
+            VmaKind::Anon => calls.push(Call::new(
+                "mmap",
+                libc::SYS_mmap,
+                &[
+                    v.start,
+                    len,
+                    prot,
+                    flags | libc::MAP_ANONYMOUS as u64,
+                    u64::MAX,
+                    0,
+                ],
+            )),
             VmaKind::File { path } => {
                 let shared_w =
                     v.flags & libc::MAP_SHARED as u32 != 0 && v.prot & libc::PROT_WRITE as u32 != 0;
-                let mode = if shared_w {
-                    libc::O_RDWR
-                } else {
-                    libc::O_RDONLY
-                };
-                let fd = remote_open(rt, path, mode)?;
-                let r = rt.syscall_ok(
-                    "mmap(file)",
-                    libc::SYS_mmap,
-                    [v.start, len, prot, flags, fd, v.offset],
+                let fd = fd_of(
+                    path,
+                    if shared_w {
+                        libc::O_RDWR
+                    } else {
+                        libc::O_RDONLY
+                    },
                 );
-                rt.syscall_ok("close", libc::SYS_close, [fd, 0, 0, 0, 0, 0])?;
-                r.map_err(|e| RestoreError::Memory(format!("map {path} at {:#x}: {e}", v.start)))?;
+                calls.push(Call::new(
+                    "mmap",
+                    libc::SYS_mmap,
+                    &[v.start, len, prot, flags, fd, v.offset],
+                ));
             }
             VmaKind::SharedAnon { id } => {
                 let fd = shmem.fds.get(id).ok_or_else(|| {
                     RestoreError::Memory(format!("shared object {id} is not in the image"))
                 })?;
-                rt.syscall_ok(
-                    "mmap(shared)",
+                calls.push(Call::new(
+                    "mmap",
                     libc::SYS_mmap,
-                    [
+                    &[
                         v.start,
                         len,
                         v.prot as u64,
@@ -246,37 +314,77 @@ pub fn restore_mm(
                         fd.as_raw_fd() as u64,
                         v.offset,
                     ],
-                )?;
+                ));
             }
-            VmaKind::Vdso | VmaKind::Vvar | VmaKind::VvarVclock => {}
+            VmaKind::Vdso | VmaKind::Vvar | VmaKind::VvarVclock => continue,
         }
+        what.push(v);
         if fill && v.prot & libc::PROT_WRITE as u32 == 0 {
             reprotect.push((v.start, len, v.prot));
         }
     }
+    let maps = rt.batch_raw(&calls)?;
+    if let Some(i) = maps.iter().position(|&r| (-4095..0).contains(&r)) {
+        close_all(rt, &fds);
+        let v = what[i];
+        return Err(RestoreError::Memory(format!(
+            "cannot map {:#x}-{:#x} ({:?}): {}",
+            v.start,
+            v.end,
+            v.kind,
+            nix::errno::Errno::from_raw(-maps[i] as i32).desc()
+        )));
+    }
 
     // 4. Pages, a chunk at a time, many runs per process_vm_writev.
-    write_pages(host_pid, mm.pid, entries, store)?;
+    write_pages(host_pid, mm.pid, entries, chunks)?;
 
-    // 5. Protections and mm fields.
-    for (s, len, prot) in reprotect {
-        rt.syscall_ok(
-            "mprotect",
-            libc::SYS_mprotect,
-            [s, len, prot as u64, 0, 0, 0],
-        )?;
+    // 5. Protections, mm fields, descriptors closed. One batch.
+    let mut arena = Arena::new();
+    let mut calls: Vec<Call> = reprotect
+        .iter()
+        .map(|&(s, len, prot)| Call::new("mprotect", libc::SYS_mprotect, &[s, len, prot as u64]))
+        .collect();
+    let f = &mm.fields;
+    let auxv = arena.words(rt, &mm.auxv)?;
+    let exe_fd = fd_of(&mm.exe, libc::O_RDONLY);
+    let mut map = Vec::with_capacity(104);
+    for v in [
+        f.start_code,
+        f.end_code,
+        f.start_data,
+        f.end_data,
+        f.start_brk,
+        f.brk,
+        f.start_stack,
+        f.arg_start,
+        f.arg_end,
+        f.env_start,
+        f.env_end,
+        auxv,
+    ] {
+        map.extend_from_slice(&v.to_le_bytes());
     }
-    set_mm_map(rt, mm)
+    map.extend_from_slice(&((mm.auxv.len() * 8) as u32).to_le_bytes());
+    map.extend_from_slice(&(exe_fd as u32).to_le_bytes());
+    let map_addr = arena.put(rt, &map)?;
+    calls.push(Call::new(
+        "prctl(PR_SET_MM_MAP)",
+        libc::SYS_prctl,
+        &[PR_SET_MM, PR_SET_MM_MAP, map_addr, map.len() as u64],
+    ));
+    let r = rt.batch(&calls);
+    close_all(rt, &fds);
+    r?;
+    Ok(())
 }
 
 fn write_pages(
     host_pid: i32,
     pid: i32,
     entries: &[PagemapEntry],
-    store: &PageStoreReader,
+    chunks: &mut ChunkCache<'_>,
 ) -> Result<(), RestoreError> {
-    let mut chunk = Vec::new();
-    let mut loaded = u32::MAX;
     let mine: Vec<&PagemapEntry> = entries
         .iter()
         .filter(|e| e.owner == PageOwner::Process(pid))
@@ -284,15 +392,12 @@ fn write_pages(
     let mut i = 0;
     while i < mine.len() {
         let c = mine[i].loc.chunk;
-        if loaded != c {
-            store.chunk_into(c, &mut chunk)?;
-            loaded = c;
-        }
+        let chunk = chunks.get(c)?;
         let mut j = i;
         let mut local = Vec::new();
         let mut remote = Vec::new();
         while j < mine.len() && mine[j].loc.chunk == c && local.len() < 1024 {
-            let data = page_slice(&chunk, mine[j])?;
+            let data = page_slice(chunk, mine[j])?;
             local.push(IoSlice::new(data));
             remote.push(RemoteIoVec {
                 base: mine[j].addr as usize,
@@ -310,60 +415,5 @@ fn write_pages(
         }
         i = j;
     }
-    Ok(())
-}
-
-/// Opens `path` inside the task and returns the descriptor number.
-pub fn remote_open(rt: &mut RemoteTask, path: &str, flags: i32) -> Result<u64, RestoreError> {
-    let mut bytes = path.as_bytes().to_vec();
-    bytes.push(0);
-    let addr = rt.put(8192, &bytes)?;
-    rt.syscall_ok(
-        "openat",
-        libc::SYS_openat,
-        [
-            libc::AT_FDCWD as u64,
-            addr,
-            (flags | libc::O_CLOEXEC) as u64,
-            0,
-            0,
-            0,
-        ],
-    )
-    .map_err(|e| RestoreError::Memory(format!("open {path} in the restored task: {e}")))
-}
-
-fn set_mm_map(rt: &mut RemoteTask, mm: &ProcessMm) -> Result<(), RestoreError> {
-    let f = &mm.fields;
-    let exe_fd = remote_open(rt, &mm.exe, libc::O_RDONLY)?;
-    let auxv: Vec<u8> = mm.auxv.iter().flat_map(|w| w.to_le_bytes()).collect();
-    let auxv_addr = rt.put(2048, &auxv)?;
-    let mut map = Vec::with_capacity(104);
-    for v in [
-        f.start_code,
-        f.end_code,
-        f.start_data,
-        f.end_data,
-        f.start_brk,
-        f.brk,
-        f.start_stack,
-        f.arg_start,
-        f.arg_end,
-        f.env_start,
-        f.env_end,
-        auxv_addr,
-    ] {
-        map.extend_from_slice(&v.to_le_bytes());
-    }
-    map.extend_from_slice(&(auxv.len() as u32).to_le_bytes());
-    map.extend_from_slice(&(exe_fd as u32).to_le_bytes());
-    let map_addr = rt.put(0, &map)?;
-    let r = rt.syscall_ok(
-        "prctl(PR_SET_MM_MAP)",
-        libc::SYS_prctl,
-        [PR_SET_MM, PR_SET_MM_MAP, map_addr, map.len() as u64, 0, 0],
-    );
-    rt.syscall_ok("close", libc::SYS_close, [exe_fd, 0, 0, 0, 0, 0])?;
-    r?;
     Ok(())
 }

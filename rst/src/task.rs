@@ -8,12 +8,13 @@
 
 use images_format::core::{Creds, ProcessCore, Regs, ThreadCore};
 use sys::ptrace::{self, UserRegs};
-use sys::remote::RemoteTask;
+use sys::remote::{Call, RemoteTask};
+
+use crate::arena::Arena;
 use sys::Pid;
 
 use crate::RestoreError;
 
-const RSEQ_FLAG_UNREGISTER: u64 = 1;
 const SS_DISABLE: i32 = 2;
 const THREAD_FLAGS: u64 = (libc::CLONE_VM
     | libc::CLONE_FS
@@ -54,125 +55,120 @@ pub fn user_regs(r: &Regs, base: &UserRegs) -> UserRegs {
     u
 }
 
-/// Drops the restorer's rseq registration the builder inherited through fork: once its memory
-/// is replaced the kernel would otherwise write into whatever is mapped there.
-pub fn unregister_inherited_rseq(rt: &mut RemoteTask) -> Result<(), RestoreError> {
-    let (addr, len, sig) = ptrace::get_rseq(rt.tid())?;
-    if addr != 0 {
-        rt.syscall_ok(
-            "rseq(unregister)",
-            libc::SYS_rseq,
-            [addr, len as u64, RSEQ_FLAG_UNREGISTER, sig as u64, 0, 0],
-        )?;
-    }
-    Ok(())
-}
-
-fn cstr(s: &str) -> Vec<u8> {
-    let mut b = s.as_bytes().to_vec();
-    b.push(0);
-    b
-}
-
-/// Process-wide state that needs privileges or comes before threads exist.
+/// Process-wide state that needs privileges or comes before threads exist. One batch.
 pub fn restore_process_state(
     rt: &mut RemoteTask,
     core: &ProcessCore,
     vpid: i32,
 ) -> Result<(), RestoreError> {
-    for (i, a) in core.sigactions.iter().enumerate() {
+    let mut a = Arena::new();
+    let mut calls = Vec::new();
+    for (i, act) in core.sigactions.iter().enumerate() {
         let sig = i as u64 + 1;
-        if sig == 9 || sig == 19 || (a.handler == 0 && a.flags == 0 && a.mask == 0) {
+        if sig == 9 || sig == 19 || (act.handler == 0 && act.flags == 0 && act.mask == 0) {
             continue;
         }
-        let mut b = Vec::with_capacity(32);
-        for w in [a.handler, a.flags, a.restorer, a.mask] {
-            b.extend_from_slice(&w.to_le_bytes());
-        }
-        let addr = rt.put(0, &b)?;
-        rt.syscall_ok(
+        let addr = a.words(rt, &[act.handler, act.flags, act.restorer, act.mask])?;
+        calls.push(Call::new(
             "rt_sigaction",
             libc::SYS_rt_sigaction,
-            [sig, addr, 0, 8, 0, 0],
-        )?;
+            &[sig, addr, 0, 8],
+        ));
     }
     for (which, t) in core.itimers.iter().enumerate() {
         if t.value_us == 0 && t.interval_us == 0 {
             continue;
         }
-        let mut b = Vec::with_capacity(32);
-        for w in [
-            t.interval_us / 1_000_000,
-            t.interval_us % 1_000_000,
-            t.value_us / 1_000_000,
-            t.value_us % 1_000_000,
-        ] {
-            b.extend_from_slice(&w.to_le_bytes());
-        }
-        let addr = rt.put(0, &b)?;
-        rt.syscall_ok(
+        let addr = a.words(
+            rt,
+            &[
+                t.interval_us / 1_000_000,
+                t.interval_us % 1_000_000,
+                t.value_us / 1_000_000,
+                t.value_us % 1_000_000,
+            ],
+        )?;
+        calls.push(Call::new(
             "setitimer",
             libc::SYS_setitimer,
-            [which as u64, addr, 0, 0, 0, 0],
-        )?;
+            &[which as u64, addr, 0],
+        ));
     }
     let current = std::fs::read_to_string(format!("/proc/{}/limits", rt.tid())).unwrap_or_default();
     let current = cpt_limits(&current);
+    let mut limit_calls = Vec::new();
     for l in &core.rlimits {
         if current.get(l.resource as usize) == Some(&(l.soft, l.hard)) {
             continue;
         }
-        let mut b = Vec::with_capacity(16);
-        b.extend_from_slice(&l.soft.to_le_bytes());
-        b.extend_from_slice(&l.hard.to_le_bytes());
-        let addr = rt.put(0, &b)?;
-        rt.syscall_ok(
+        let addr = a.words(rt, &[l.soft, l.hard])?;
+        limit_calls.push((calls.len(), *l));
+        calls.push(Call::new(
             "prlimit64",
             libc::SYS_prlimit64,
-            [0, l.resource as u64, addr, 0, 0, 0],
-        )
-        .map_err(|e| RestoreError::Task {
-            pid: vpid,
-            what: format!("resource limit {} to {}/{}", l.resource, l.soft, l.hard),
-            reason: format!("{e} (raising a hard limit needs CAP_SYS_RESOURCE)"),
-        })?;
+            &[0, l.resource as u64, addr, 0],
+        ));
     }
     if core.personality != 0 {
-        rt.syscall_ok(
+        calls.push(Call::new(
             "personality",
             libc::SYS_personality,
-            [core.personality as u64, 0, 0, 0, 0, 0],
-        )?;
+            &[core.personality as u64],
+        ));
     }
-    rt.syscall_ok("umask", libc::SYS_umask, [core.umask as u64, 0, 0, 0, 0, 0])?;
-    let addr = rt.put(8192, &cstr(&core.cwd))?;
-    rt.syscall_ok("chdir", libc::SYS_chdir, [addr, 0, 0, 0, 0, 0])
-        .map_err(|e| RestoreError::Task {
-            pid: vpid,
-            what: format!("cwd {}", core.cwd),
-            reason: e.to_string(),
-        })?;
+    calls.push(Call::new("umask", libc::SYS_umask, &[core.umask as u64]));
+    let cwd = a.cstr(rt, &core.cwd)?;
+    let chdir_at = calls.len();
+    calls.push(Call::new("chdir", libc::SYS_chdir, &[cwd]));
     if core.root != "/" {
-        let addr = rt.put(8192, &cstr(&core.root))?;
-        rt.syscall_ok("chroot", libc::SYS_chroot, [addr, 0, 0, 0, 0, 0])
-            .map_err(|e| RestoreError::Task {
-                pid: vpid,
-                what: format!("root {}", core.root),
-                reason: e.to_string(),
-            })?;
+        let root = a.cstr(rt, &core.root)?;
+        calls.push(Call::new("chroot", libc::SYS_chroot, &[root]));
     }
-    rt.syscall_ok(
+    calls.push(Call::new(
         "prctl(PR_SET_CHILD_SUBREAPER)",
         libc::SYS_prctl,
-        [
+        &[
             libc::PR_SET_CHILD_SUBREAPER as u64,
             core.child_subreaper as u64,
-            0,
-            0,
-            0,
-            0,
         ],
-    )?;
+    ));
+    let results = rt.batch_raw(&calls)?;
+    for (i, l) in limit_calls {
+        if results[i] < 0 {
+            return Err(RestoreError::Task {
+                pid: vpid,
+                what: format!("resource limit {} to {}/{}", l.resource, l.soft, l.hard),
+                reason: format!(
+                    "{} (raising a hard limit needs CAP_SYS_RESOURCE)",
+                    nix::errno::Errno::from_raw(-results[i] as i32).desc()
+                ),
+            });
+        }
+    }
+    if results[chdir_at] < 0 {
+        return Err(RestoreError::Task {
+            pid: vpid,
+            what: format!("working directory {}", core.cwd),
+            reason: nix::errno::Errno::from_raw(-results[chdir_at] as i32)
+                .desc()
+                .into(),
+        });
+    }
+    check_all(&calls, &results, vpid)
+}
+
+/// Turns the first failed call of a batch into an error naming it. `umask` and
+/// `personality` return the previous value, never an error.
+fn check_all(calls: &[Call], results: &[i64], pid: i32) -> Result<(), RestoreError> {
+    for (c, &r) in calls.iter().zip(results) {
+        if (-4095..0).contains(&r) && c.name != "umask" && c.name != "personality" {
+            return Err(RestoreError::Task {
+                pid,
+                what: c.name.to_string(),
+                reason: nix::errno::Errno::from_raw(-r as i32).desc().into(),
+            });
+        }
+    }
     Ok(())
 }
 
@@ -230,81 +226,87 @@ pub fn create_threads(
     Ok(out)
 }
 
-/// Per-thread state that only the thread itself can set.
+/// Per-thread state that only the thread itself can set. One batch.
 pub fn restore_thread_state(rt: &mut RemoteTask, t: &ThreadCore) -> Result<(), RestoreError> {
+    let mut a = Arena::new();
     let alt = &t.altstack;
-    let mut b = Vec::with_capacity(24);
-    b.extend_from_slice(&alt.sp.to_le_bytes());
-    b.extend_from_slice(
-        &(if alt.flags & SS_DISABLE != 0 {
-            SS_DISABLE
-        } else {
-            alt.flags & !1
-        })
-        .to_le_bytes(),
-    );
-    b.extend_from_slice(&0u32.to_le_bytes());
-    b.extend_from_slice(&alt.size.to_le_bytes());
-    let addr = rt.put(0, &b)?;
-    rt.syscall_ok("sigaltstack", libc::SYS_sigaltstack, [addr, 0, 0, 0, 0, 0])?;
+    let flags = if alt.flags & SS_DISABLE != 0 {
+        SS_DISABLE
+    } else {
+        alt.flags & !1
+    };
+    let ss = a.words(rt, &[alt.sp, flags as u32 as u64, alt.size])?;
+    let mut calls = vec![Call::new("sigaltstack", libc::SYS_sigaltstack, &[ss, 0])];
     if t.robust_list != 0 || t.robust_list_len != 0 {
-        rt.syscall_ok(
+        calls.push(Call::new(
             "set_robust_list",
             libc::SYS_set_robust_list,
-            [t.robust_list, t.robust_list_len, 0, 0, 0, 0],
-        )?;
+            &[t.robust_list, t.robust_list_len],
+        ));
     }
     if let Some(r) = t.rseq {
-        rt.syscall_ok(
+        calls.push(Call::new(
             "rseq",
             libc::SYS_rseq,
-            [r.address, r.length as u64, 0, r.signature as u64, 0, 0],
-        )?;
+            &[r.address, r.length as u64, 0, r.signature as u64],
+        ));
     }
-    rt.syscall_ok(
+    calls.push(Call::new(
         "set_tid_address",
         libc::SYS_set_tid_address,
-        [t.clear_tid_address, 0, 0, 0, 0, 0],
-    )?;
-    let addr = rt.put(0, &cstr(&t.comm))?;
-    rt.syscall_ok(
+        &[t.clear_tid_address],
+    ));
+    let name = a.cstr(rt, &t.comm)?;
+    calls.push(Call::new(
         "prctl(PR_SET_NAME)",
         libc::SYS_prctl,
-        [libc::PR_SET_NAME as u64, addr, 0, 0, 0, 0],
-    )?;
-    Ok(())
+        &[libc::PR_SET_NAME as u64, name],
+    ));
+    let results = rt.batch_raw(&calls)?;
+    check_all(&calls, &results, t.tid)
 }
 
 /// Queues the dumped pending signals again (from the main thread: the kernel lets a task
-/// queue any siginfo to itself).
+/// queue any siginfo to itself). One batch.
 pub fn requeue_signals(
     rt: &mut RemoteTask,
     core: &ProcessCore,
     tgid: i32,
 ) -> Result<(), RestoreError> {
+    let mut a = Arena::new();
+    let mut calls = Vec::new();
     for s in &core.shared_pending {
-        let addr = rt.put(0, &s.raw)?;
-        rt.syscall_ok(
+        let addr = a.put(rt, &s.raw)?;
+        calls.push(Call::new(
             "rt_sigqueueinfo",
             libc::SYS_rt_sigqueueinfo,
-            [tgid as u64, s.signo as u64, addr, 0, 0, 0],
-        )?;
+            &[tgid as u64, s.signo as u64, addr],
+        ));
     }
     for t in &core.threads {
         for s in &t.pending {
-            let addr = rt.put(0, &s.raw)?;
-            rt.syscall_ok(
+            let addr = a.put(rt, &s.raw)?;
+            calls.push(Call::new(
                 "rt_tgsigqueueinfo",
                 libc::SYS_rt_tgsigqueueinfo,
-                [tgid as u64, t.tid as u64, s.signo as u64, addr, 0, 0],
-            )?;
+                &[tgid as u64, t.tid as u64, s.signo as u64, addr],
+            ));
         }
     }
-    Ok(())
+    let results = rt.batch_raw(&calls)?;
+    check_all(&calls, &results, tgid)
 }
 
-/// Credentials of one thread, when they differ from the restorer's (root with every capability).
-pub fn restore_creds(rt: &mut RemoteTask, c: &Creds) -> Result<(), RestoreError> {
+/// Credentials of one thread, when they differ from the restorer's (root with every
+/// capability). One batch, in an order where each step still has the privilege it needs:
+/// bounding set, groups, gids, keep-caps + uids, capabilities, ambient set, securebits; then
+/// (main thread, `after`) what a credential change resets (pdeath signal, dumpable) and
+/// no_new_privs.
+pub fn restore_creds(
+    rt: &mut RemoteTask,
+    c: &Creds,
+    after: Option<&ProcessCore>,
+) -> Result<(), RestoreError> {
     let me = std::fs::read_to_string(format!("/proc/{}/status", rt.tid())).unwrap_or_default();
     let field = |k: &str| {
         me.lines()
@@ -323,76 +325,60 @@ pub fn restore_creds(rt: &mut RemoteTask, c: &Creds) -> Result<(), RestoreError>
         .ok()
         .and_then(|s| s.trim().parse().ok())
         .unwrap_or(40);
+    let prctl = |name, args: &[u64]| Call::new(name, libc::SYS_prctl, args);
+    let mut a = Arena::new();
+    let mut calls = Vec::new();
     if hex("CapBnd:") != c.cap_bounding {
         for cap in 0..=last_cap {
             if c.cap_bounding & (1 << cap) == 0 {
-                rt.syscall_ok(
+                calls.push(prctl(
                     "prctl(PR_CAPBSET_DROP)",
-                    libc::SYS_prctl,
-                    [libc::PR_CAPBSET_DROP as u64, cap, 0, 0, 0, 0],
-                )?;
+                    &[libc::PR_CAPBSET_DROP as u64, cap],
+                ));
             }
         }
     }
-    let groups: Vec<u8> = c.groups.iter().flat_map(|g| g.to_le_bytes()).collect();
     if nums("Groups:") != c.groups {
-        let addr = rt.put(4096, &groups)?;
-        rt.syscall_ok(
+        let groups: Vec<u8> = c.groups.iter().flat_map(|g| g.to_le_bytes()).collect();
+        let addr = if groups.is_empty() {
+            0
+        } else {
+            a.put(rt, &groups)?
+        };
+        calls.push(Call::new(
             "setgroups",
             libc::SYS_setgroups,
-            [c.groups.len() as u64, addr, 0, 0, 0, 0],
-        )?;
+            &[c.groups.len() as u64, addr],
+        ));
     }
     let ids_changed = nums("Uid:") != c.uids || nums("Gid:") != c.gids;
     if ids_changed {
-        rt.syscall_ok(
+        let (g, u) = (c.gids.map(u64::from), c.uids.map(u64::from));
+        calls.push(Call::new(
             "setresgid",
             libc::SYS_setresgid,
-            [
-                c.gids[0] as u64,
-                c.gids[1] as u64,
-                c.gids[2] as u64,
-                0,
-                0,
-                0,
-            ],
-        )?;
-        rt.syscall_ok(
-            "setfsgid",
-            libc::SYS_setfsgid,
-            [c.gids[3] as u64, 0, 0, 0, 0, 0],
-        )?;
+            &[g[0], g[1], g[2]],
+        ));
+        calls.push(Call::new("setfsgid", libc::SYS_setfsgid, &[g[3]]));
         // Keep capabilities across the uid change; they are set exactly right after.
-        rt.syscall_ok(
+        calls.push(prctl(
             "prctl(PR_SET_KEEPCAPS)",
-            libc::SYS_prctl,
-            [libc::PR_SET_KEEPCAPS as u64, 1, 0, 0, 0, 0],
-        )?;
-        rt.syscall_ok(
+            &[libc::PR_SET_KEEPCAPS as u64, 1],
+        ));
+        calls.push(Call::new(
             "setresuid",
             libc::SYS_setresuid,
-            [
-                c.uids[0] as u64,
-                c.uids[1] as u64,
-                c.uids[2] as u64,
-                0,
-                0,
-                0,
-            ],
-        )?;
-        rt.syscall_ok(
-            "setfsuid",
-            libc::SYS_setfsuid,
-            [c.uids[3] as u64, 0, 0, 0, 0, 0],
-        )?;
+            &[u[0], u[1], u[2]],
+        ));
+        calls.push(Call::new("setfsuid", libc::SYS_setfsuid, &[u[3]]));
     }
     if ids_changed
         || hex("CapEff:") != c.cap_effective
         || hex("CapPrm:") != c.cap_permitted
         || hex("CapInh:") != c.cap_inheritable
     {
-        // struct __user_cap_header_struct { version = _LINUX_CAPABILITY_VERSION_3, pid = 0 }
-        // followed by two __user_cap_data_struct { effective, permitted, inheritable } (low, high).
+        // __user_cap_header_struct { _LINUX_CAPABILITY_VERSION_3, pid 0 }, then two
+        // __user_cap_data_struct { effective, permitted, inheritable } (low 32 bits, high 32 bits).
         let mut b = Vec::with_capacity(32);
         b.extend_from_slice(&0x2008_0522u32.to_le_bytes());
         b.extend_from_slice(&0u32.to_le_bytes());
@@ -401,83 +387,54 @@ pub fn restore_creds(rt: &mut RemoteTask, c: &Creds) -> Result<(), RestoreError>
                 b.extend_from_slice(&((v >> half) as u32).to_le_bytes());
             }
         }
-        let hdr = rt.put(0, &b)?;
-        rt.syscall_ok("capset", libc::SYS_capset, [hdr, hdr + 8, 0, 0, 0, 0])?;
+        let hdr = a.put(rt, &b)?;
+        calls.push(Call::new("capset", libc::SYS_capset, &[hdr, hdr + 8]));
     }
     for cap in 0..=last_cap {
         if c.cap_ambient & (1 << cap) != 0 {
-            rt.syscall_ok(
+            calls.push(prctl(
                 "prctl(PR_CAP_AMBIENT_RAISE)",
-                libc::SYS_prctl,
-                [
+                &[
                     libc::PR_CAP_AMBIENT as u64,
                     libc::PR_CAP_AMBIENT_RAISE as u64,
                     cap,
-                    0,
-                    0,
-                    0,
                 ],
-            )?;
+            ));
         }
     }
-    let cur_bits = rt.syscall_ok(
-        "prctl(PR_GET_SECUREBITS)",
-        libc::SYS_prctl,
-        [libc::PR_GET_SECUREBITS as u64, 0, 0, 0, 0, 0],
-    )?;
-    if cur_bits != c.securebits as u64 {
-        rt.syscall_ok(
+    let bits_changed = ids_changed || c.securebits != 0;
+    if bits_changed {
+        calls.push(prctl(
             "prctl(PR_SET_SECUREBITS)",
-            libc::SYS_prctl,
-            [
-                libc::PR_SET_SECUREBITS as u64,
-                c.securebits as u64,
-                0,
-                0,
-                0,
-                0,
-            ],
-        )?;
+            &[libc::PR_SET_SECUREBITS as u64, c.securebits as u64],
+        ));
     }
-    Ok(())
-}
-
-/// What a credential change resets, so set after it: pdeath signal, dumpable, no_new_privs.
-pub fn restore_after_creds(rt: &mut RemoteTask, core: &ProcessCore) -> Result<(), RestoreError> {
-    rt.syscall_ok(
-        "prctl(PR_SET_PDEATHSIG)",
-        libc::SYS_prctl,
-        [
-            libc::PR_SET_PDEATHSIG as u64,
-            core.pdeath_signal as u64,
-            0,
-            0,
-            0,
-            0,
-        ],
-    )?;
-    if core.dumpable <= 1 {
-        rt.syscall_ok(
-            "prctl(PR_SET_DUMPABLE)",
-            libc::SYS_prctl,
-            [
-                libc::PR_SET_DUMPABLE as u64,
-                core.dumpable as u64,
-                0,
-                0,
-                0,
-                0,
-            ],
-        )?;
+    if let Some(core) = after {
+        calls.push(prctl(
+            "prctl(PR_SET_PDEATHSIG)",
+            &[libc::PR_SET_PDEATHSIG as u64, core.pdeath_signal as u64],
+        ));
+        if core.dumpable <= 1 {
+            calls.push(prctl(
+                "prctl(PR_SET_DUMPABLE)",
+                &[libc::PR_SET_DUMPABLE as u64, core.dumpable as u64],
+            ));
+        }
+        if core.no_new_privs {
+            calls.push(prctl(
+                "prctl(PR_SET_NO_NEW_PRIVS)",
+                &[libc::PR_SET_NO_NEW_PRIVS as u64, 1, 0, 0, 0],
+            ));
+        }
     }
-    if core.no_new_privs {
-        rt.syscall_ok(
-            "prctl(PR_SET_NO_NEW_PRIVS)",
-            libc::SYS_prctl,
-            [libc::PR_SET_NO_NEW_PRIVS as u64, 1, 0, 0, 0, 0],
-        )?;
-    }
-    Ok(())
+    let results = rt.batch_raw(&calls)?;
+    // setfsuid/setfsgid return the previous id, never an error code.
+    let (calls, results): (Vec<Call>, Vec<i64>) = calls
+        .into_iter()
+        .zip(results)
+        .filter(|(c, _)| c.name != "setfsuid" && c.name != "setfsgid")
+        .unzip();
+    check_all(&calls, &results, rt.tid().as_raw())
 }
 
 /// Registers, xsave and blocked mask: the last thing before release.

@@ -24,7 +24,7 @@ use sys::SysError;
 
 use crate::RestoreError;
 
-pub const SCRATCH_LEN: u64 = 4 * 4096;
+pub const SCRATCH_LEN: u64 = 16 * 4096;
 /// How long a PID still held by a dying zombie is waited for.
 const PID_WAIT: Duration = Duration::from_secs(3);
 const REPORT_TIMEOUT: Duration = Duration::from_secs(20);

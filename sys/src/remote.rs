@@ -38,6 +38,8 @@ pub struct RemoteTask {
     /// Whether `finish` unmaps the scratch area (false for siblings that borrow it).
     owns_scratch: bool,
     done: bool,
+    /// Syscalls injected so far (each costs two ptrace stops).
+    pub injected: u64,
     /// TIDs created by injected clone calls, in order.
     pub cloned: Vec<Pid>,
 }
@@ -62,6 +64,7 @@ impl RemoteTask {
             scratch: None,
             owns_scratch: false,
             done: false,
+            injected: 0,
             cloned: Vec::new(),
         })
     }
@@ -78,6 +81,7 @@ impl RemoteTask {
             scratch: None,
             owns_scratch: false,
             done: false,
+            injected: 0,
             cloned: Vec::new(),
         })
     }
@@ -145,6 +149,7 @@ impl RemoteTask {
 
     /// Executes one syscall and returns the raw `rax` (negative errno on failure).
     pub fn syscall(&mut self, nr: i64, args: [u64; 6]) -> Result<i64> {
+        self.injected += 1;
         let mut regs = self.saved;
         regs.rip = self.code;
         regs.rax = nr as u64;
@@ -308,5 +313,159 @@ fn io_err(op: &'static str, tid: Pid, e: &std::io::Error) -> SysError {
         op,
         tid: tid.as_raw(),
         source: Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
+    }
+}
+
+/// An argument of a batched syscall: a value, or the result of an earlier call of the batch.
+#[derive(Debug, Clone, Copy)]
+pub enum Arg {
+    Imm(u64),
+    Result(usize),
+}
+
+/// One syscall of a batch.
+#[derive(Debug, Clone)]
+pub struct Call {
+    pub name: &'static str,
+    pub nr: i64,
+    pub args: [Arg; 6],
+}
+
+impl Call {
+    /// A call with immediate arguments (unused ones 0).
+    pub fn new(name: &'static str, nr: i64, args: &[u64]) -> Self {
+        let mut a = [Arg::Imm(0); 6];
+        for (slot, v) in a.iter_mut().zip(args) {
+            *slot = Arg::Imm(*v);
+        }
+        Call { name, nr, args: a }
+    }
+
+    /// Replaces argument `i` with the result of call `k` of the same batch.
+    pub fn with_result(mut self, i: usize, k: usize) -> Self {
+        self.args[i] = Arg::Result(k);
+        self
+    }
+}
+
+/// x86-64 machine code for a batch: per call, load the arguments (`mov reg, imm64`, or
+/// `movabs rax, [result]` + `mov reg, rax`), `mov rax, nr`, `syscall`, `movabs [result], rax`;
+/// then `tgkill(getpid(), gettid(), SIGSTOP)` so the task stops, and `jmp $` for safety.
+fn batch_code(calls: &[Call], results: u64) -> Vec<u8> {
+    // (mov reg, imm64 prefix) and (mov reg, rax) for rdi, rsi, rdx, r10, r8, r9.
+    const MOV_IMM: [[u8; 2]; 6] = [
+        [0x48, 0xbf],
+        [0x48, 0xbe],
+        [0x48, 0xba],
+        [0x49, 0xba],
+        [0x49, 0xb8],
+        [0x49, 0xb9],
+    ];
+    const MOV_RAX: [[u8; 3]; 6] = [
+        [0x48, 0x89, 0xc7],
+        [0x48, 0x89, 0xc6],
+        [0x48, 0x89, 0xc2],
+        [0x49, 0x89, 0xc2],
+        [0x49, 0x89, 0xc0],
+        [0x49, 0x89, 0xc1],
+    ];
+    let mut c = Vec::with_capacity(calls.len() * 96 + 64);
+    let mov_rax_imm = |c: &mut Vec<u8>, v: u64| {
+        c.extend_from_slice(&[0x48, 0xb8]);
+        c.extend_from_slice(&v.to_le_bytes());
+    };
+    for (i, call) in calls.iter().enumerate() {
+        for (j, a) in call.args.iter().enumerate() {
+            if let Arg::Result(k) = a {
+                c.extend_from_slice(&[0x48, 0xa1]); // movabs rax, [moffs64]
+                c.extend_from_slice(&(results + 8 * *k as u64).to_le_bytes());
+                c.extend_from_slice(&MOV_RAX[j]);
+            }
+        }
+        for (j, a) in call.args.iter().enumerate() {
+            if let Arg::Imm(v) = a {
+                c.extend_from_slice(&MOV_IMM[j]);
+                c.extend_from_slice(&v.to_le_bytes());
+            }
+        }
+        mov_rax_imm(&mut c, call.nr as u64);
+        c.extend_from_slice(&SYSCALL_INSN);
+        c.extend_from_slice(&[0x48, 0xa3]); // movabs [moffs64], rax
+        c.extend_from_slice(&(results + 8 * i as u64).to_le_bytes());
+    }
+    mov_rax_imm(&mut c, libc::SYS_getpid as u64);
+    c.extend_from_slice(&SYSCALL_INSN);
+    c.extend_from_slice(&MOV_RAX[0]); // rdi = pid
+    mov_rax_imm(&mut c, libc::SYS_gettid as u64);
+    c.extend_from_slice(&SYSCALL_INSN);
+    c.extend_from_slice(&MOV_RAX[1]); // rsi = tid
+    c.extend_from_slice(&MOV_IMM[2]);
+    c.extend_from_slice(&(libc::SIGSTOP as u64).to_le_bytes());
+    mov_rax_imm(&mut c, libc::SYS_tgkill as u64);
+    c.extend_from_slice(&SYSCALL_INSN);
+    c.extend_from_slice(&[0xeb, 0xfe]); // jmp $
+    c
+}
+
+/// Where batches go inside the scratch area: code in the upper half, results at its end.
+const BATCH_RESULTS: u64 = 512;
+
+impl RemoteTask {
+    /// Runs `calls` in one go: one stop instead of two per syscall. Every call runs (a failure
+    /// does not stop the ones after it); returns the raw results, or the first failure as
+    /// [`SysError::RemoteSyscall`] naming the call. Needs a scratch area (see [`Self::put`]);
+    /// the task's signals must be blocked (SIGSTOP, which ends the batch, cannot be).
+    pub fn batch(&mut self, calls: &[Call]) -> Result<Vec<i64>> {
+        let results = self.batch_raw(calls)?;
+        for (call, &r) in calls.iter().zip(&results) {
+            if (-4095..0).contains(&r) {
+                return Err(SysError::RemoteSyscall {
+                    name: call.name,
+                    tid: self.tid.as_raw(),
+                    errno: Errno::from_raw(-r as i32),
+                });
+            }
+        }
+        Ok(results)
+    }
+
+    /// Like [`Self::batch`] without turning negative results into errors.
+    pub fn batch_raw(&mut self, calls: &[Call]) -> Result<Vec<i64>> {
+        if calls.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (base, len) = self.scratch.ok_or_else(|| SysError::Invalid {
+            op: "remote batch",
+            reason: "no scratch area mapped".into(),
+        })?;
+        let results = base + len - BATCH_RESULTS * 8;
+        let code_at = base + len / 2;
+        let code = batch_code(calls, results);
+        if calls.len() as u64 > BATCH_RESULTS || code_at + code.len() as u64 > results {
+            return Err(SysError::Invalid {
+                op: "remote batch",
+                reason: format!("{} calls do not fit the scratch area", calls.len()),
+            });
+        }
+        self.write_mem(code_at, &code)?;
+        self.injected += calls.len() as u64;
+        let mut regs = self.saved;
+        regs.rip = code_at;
+        regs.orig_rax = u64::MAX;
+        ptrace::set_regs(self.tid, &regs)?;
+        nix::sys::ptrace::cont(self.tid, None).map_err(|source| SysError::Ptrace {
+            op: "PTRACE_CONT",
+            tid: self.tid.as_raw(),
+            source,
+        })?;
+        match ptrace::wait(self.tid)? {
+            WaitStatus::Stopped(_, nix::sys::signal::Signal::SIGSTOP) => {}
+            other => return Err(self.unexpected("syscall batch", &other)),
+        }
+        let raw = self.read_mem(results, calls.len() * 8)?;
+        Ok(raw
+            .chunks_exact(8)
+            .map(|b| i64::from_le_bytes(b.try_into().unwrap_or([0; 8])))
+            .collect())
     }
 }

@@ -1,0 +1,251 @@
+//! The benchmark harness: `cargo run --release -p tests --bin vzcpt-bench [-- --quick]`.
+//!
+//! Prints, in one run so the figures are comparable: memcpy bandwidth; for workloads of 64 MiB
+//! and 1 GiB of touched memory, dump and restore time and GB/s (uncompressed, images on tmpfs),
+//! image size plain and with zstd; dump and restore time of a 100-process tree. Figures go to
+//! docs/BENCHMARKS.md by hand, with this command. The workload is the `counter` test workload.
+//!
+//! It re-executes itself as PID 1 of a new PID namespace so restored PIDs are always free and
+//! everything it starts dies with it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use tests::ctl::Ctl;
+use tests::reaper::Reaper;
+
+const IMG_ROOT: &str = "/dev/shm/vzcpt-bench";
+
+fn memcpy_gbps() -> f64 {
+    let size = 1usize << 30;
+    let src = vec![1u8; size];
+    let mut dst = vec![0u8; size];
+    dst.copy_from_slice(&src); // fault the pages in first
+    let mut best = f64::MAX;
+    for _ in 0..3 {
+        let t = Instant::now();
+        dst.copy_from_slice(std::hint::black_box(&src));
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    std::hint::black_box(&dst);
+    size as f64 / best / 1e9
+}
+
+/// Writing 1 GiB into a new tmpfs file in 4 MiB writes: the bound of any dump to tmpfs
+/// (every page of the image is a page the kernel must find and fill).
+fn tmpfs_write_gbps() -> anyhow::Result<f64> {
+    use std::io::Write;
+    let path = PathBuf::from(IMG_ROOT).join("bw-probe");
+    let buf = vec![7u8; 4 << 20];
+    let mut f = std::fs::File::create(&path)?;
+    let t = Instant::now();
+    for _ in 0..256 {
+        f.write_all(&buf)?;
+    }
+    let gbps = (1u64 << 30) as f64 / t.elapsed().as_secs_f64() / 1e9;
+    drop(f);
+    std::fs::remove_file(&path)?;
+    Ok(gbps)
+}
+
+/// Writing every page of 1 GiB of fresh anonymous memory once: the bound of any restore (every
+/// restored page is a page the kernel must allocate and fault in).
+fn first_touch_gbps() -> f64 {
+    let size = 1usize << 30;
+    let t = Instant::now();
+    let mut v: Vec<u8> = Vec::with_capacity(size);
+    v.resize(size, 1);
+    let gbps = size as f64 / t.elapsed().as_secs_f64() / 1e9;
+    std::hint::black_box(&v);
+    gbps
+}
+
+struct Bench {
+    vzcpt: PathBuf,
+    reaper: Reaper,
+}
+
+fn json_f64(v: &serde_json::Value, k: &str) -> f64 {
+    v.get(k).and_then(|x| x.as_f64()).unwrap_or(f64::NAN)
+}
+
+fn dir_size(p: &Path) -> u64 {
+    std::fs::read_dir(p)
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+impl Bench {
+    /// Runs vzcpt to completion, reaping orphans meanwhile; returns (stdout, wall ms).
+    fn vzcpt(&mut self, args: &[&str]) -> anyhow::Result<(String, f64)> {
+        let out = PathBuf::from(IMG_ROOT).join("vzcpt.out");
+        let err = PathBuf::from(IMG_ROOT).join("vzcpt.err");
+        let t = Instant::now();
+        let child = Command::new(&self.vzcpt)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&out)?)
+            .stderr(std::fs::File::create(&err)?)
+            .spawn()?;
+        let code = self
+            .reaper
+            .wait(child.id() as i32, Duration::from_secs(300))?;
+        let ms = t.elapsed().as_secs_f64() * 1e3;
+        if code != 0 {
+            bail!(
+                "vzcpt {args:?}: {}",
+                std::fs::read_to_string(&err).unwrap_or_default().trim()
+            );
+        }
+        Ok((std::fs::read_to_string(&out)?, ms))
+    }
+
+    fn start(&mut self, cmd: &mut Command, ctl: &Ctl) -> anyhow::Result<i32> {
+        let child = cmd
+            .env("VZCPT_CTL", &ctl.dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let pid = child.id() as i32;
+        let reaper = &mut self.reaper;
+        ctl.wait_ready(Duration::from_secs(120), || reaper.status(pid).is_none())?;
+        Ok(pid)
+    }
+
+    fn memory(&mut self, mb: u64) -> anyhow::Result<()> {
+        let work = PathBuf::from(IMG_ROOT).join(format!("mem{mb}"));
+        let mut ctl = Ctl::create(work.join("ctl"))?;
+        let wl = PathBuf::from(env!("VZCPT_WORKLOADS_BIN")).join("counter");
+        let pid = self.start(Command::new(&wl).env("WL_MEM_MB", mb.to_string()), &ctl)?;
+        let img = work.join("img");
+        let img_s = img.to_str().context("path")?;
+        let pid_s = pid.to_string();
+        // Plain dump (kills), restore, check; then a compressed snapshot for its size.
+        let (out, dump_wall) = self.vzcpt(&["dump", "-t", &pid_s, "-D", img_s, "--json"])?;
+        let d: serde_json::Value = serde_json::from_str(out.trim())?;
+        self.reaper.reap();
+        let bytes = json_f64(&d, "pages_bytes_stored");
+        let size_plain = dir_size(&img);
+        let (out, restore_wall) = self.vzcpt(&["restore", "-D", img_s, "--detach", "--json"])?;
+        let r: serde_json::Value = serde_json::from_str(out.trim())?;
+        let reaper = &mut self.reaper;
+        ctl.check(Duration::from_secs(60), || reaper.reap())
+            .context("the restored workload failed its check")?;
+        let zimg = work.join("zimg");
+        let (_, zdump_wall) = self.vzcpt(&[
+            "dump",
+            "-t",
+            &pid_s,
+            "-D",
+            zimg.to_str().context("path")?,
+            "--leave-running",
+            "--compress",
+        ])?;
+        let size_zstd = dir_size(&zimg);
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        self.reaper.wait(pid, Duration::from_secs(10)).ok();
+        let dump_ms = json_f64(&d, "total_ms");
+        let restore_ms = json_f64(&r, "total_ms");
+        println!(
+            "| {mb} MiB | {dump_ms:.0} ms ({:.2} GB/s), frozen {:.0} ms, wall {dump_wall:.0} ms | {restore_ms:.0} ms ({:.2} GB/s), wall {restore_wall:.0} ms | {:.1} MiB | {:.1} MiB (zstd dump {zdump_wall:.0} ms) |",
+            bytes / dump_ms / 1e6,
+            json_f64(&d, "frozen_ms"),
+            bytes / restore_ms / 1e6,
+            size_plain as f64 / (1 << 20) as f64,
+            size_zstd as f64 / (1 << 20) as f64,
+        );
+        let _ = std::fs::remove_dir_all(&work);
+        Ok(())
+    }
+
+    fn tree(&mut self, n: usize) -> anyhow::Result<()> {
+        let work = PathBuf::from(IMG_ROOT).join("tree");
+        let ctl = Ctl::create(work.join("ctl"))?;
+        // bash and n-1 sleeping children; `ready` once all exist.
+        let script = format!(
+            "for i in $(seq {}); do sleep 1000 & done; echo ready > \"$VZCPT_CTL/ready\"; wait",
+            n - 1
+        );
+        let pid = self.start(Command::new("bash").arg("-c").arg(&script), &ctl)?;
+        let img = work.join("img");
+        let img_s = img.to_str().context("path")?;
+        let (out, _) = self.vzcpt(&["dump", "-t", &pid.to_string(), "-D", img_s, "--json"])?;
+        let d: serde_json::Value = serde_json::from_str(out.trim())?;
+        self.reaper.reap();
+        let (out, _) = self.vzcpt(&["restore", "-D", img_s, "--detach", "--json"])?;
+        let r: serde_json::Value = serde_json::from_str(out.trim())?;
+        let procs = d.get("processes").and_then(|x| x.as_u64()).unwrap_or(0);
+        let children =
+            std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+        let alive = children.split_whitespace().count() + 1;
+        println!(
+            "| {procs}-process tree | dump {:.0} ms (frozen {:.0} ms) | restore {:.0} ms | {alive} processes alive after restore |",
+            json_f64(&d, "total_ms"),
+            json_f64(&d, "frozen_ms"),
+            json_f64(&r, "total_ms"),
+        );
+        if alive != n {
+            bail!("{alive} of {n} processes alive after the restore");
+        }
+        let _ = std::fs::remove_dir_all(&work);
+        Ok(())
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let quick = std::env::args().any(|a| a == "--quick");
+    if std::process::id() != 1 {
+        // Run again as PID 1 of a fresh PID namespace.
+        let st = Command::new("unshare")
+            .args(["--pid", "--fork", "--mount-proc", "--kill-child"])
+            .arg(std::env::current_exe()?)
+            .args(std::env::args().skip(1))
+            .status()
+            .context("unshare (needs root)")?;
+        std::process::exit(st.code().unwrap_or(1));
+    }
+    let _ = std::fs::remove_dir_all(IMG_ROOT);
+    std::fs::create_dir_all(IMG_ROOT)?;
+    let mut b = Bench {
+        vzcpt: tests::paths::vzcpt()?,
+        reaper: Reaper::default(),
+    };
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    println!(
+        "vzcpt-bench on kernel {}, {} CPUs",
+        kernel.trim(),
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0)
+    );
+    println!("memcpy: {:.1} GB/s (1 GiB, best of 3)", memcpy_gbps());
+    println!(
+        "fresh tmpfs file write: {:.2} GB/s (1 GiB; bounds a dump to tmpfs)",
+        tmpfs_write_gbps()?
+    );
+    println!(
+        "first touch of fresh anonymous memory: {:.2} GB/s (1 GiB; bounds a restore)\n",
+        first_touch_gbps()
+    );
+    println!("| touched memory | dump (uncompressed, tmpfs) | restore | image | image, zstd |");
+    println!("|---|---|---|---|---|");
+    let sizes: &[u64] = if quick { &[64] } else { &[64, 1024] };
+    for &mb in sizes {
+        b.memory(mb)?;
+    }
+    println!();
+    b.tree(if quick { 20 } else { 100 })?;
+    let _ = std::fs::remove_dir_all(IMG_ROOT);
+    Ok(())
+}
