@@ -9,6 +9,7 @@
 pub mod files;
 pub mod freeze;
 pub mod memory;
+pub mod pagesink;
 pub mod pipes;
 pub mod proc;
 pub mod seize;
@@ -140,58 +141,72 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats, DumpError> {
     };
     let mut files = files::FilesDumper::default();
     let mut store = writer.page_store(opts.compress)?;
-    let mut mem = memory::MemDumper::new(&mut store);
-    for p in &frozen.processes {
-        let pid = p.pid.as_raw();
-        let st = seize::read_stat(pid)?;
-        let (pgid, sid) = pid_map.group_and_session(pid, &st)?;
-        let mut entry = ProcessEntry {
-            pid: pid_map.virt(pid),
-            ppid: if pid == frozen.root().as_raw() {
-                0
-            } else {
-                pid_map.virt(p.ppid)
-            },
-            pgid,
-            sid,
-            threads: Vec::new(),
-            state: ProcState::Alive,
-        };
-        if let Some(code) = p.zombie {
-            entry.state = ProcState::Zombie { exit_code: code };
-            pstree.processes.push(entry);
-            continue;
-        }
-        entry.threads = p
-            .threads
-            .iter()
-            .map(|t| pid_map.virt_tid(pid, t.tid.as_raw()))
-            .collect::<Result<_, _>>()?;
-        // Remote syscalls first: the scratch page they use is gone before memory is read.
-        let (mut pcore, facts) = task::dump_process(p)?;
-        pcore.pid = entry.pid;
-        for (t, vt) in pcore.threads.iter_mut().zip(&entry.threads) {
-            t.tid = *vt;
-        }
-        let mut pmm = mem.dump_process(pid, facts.brk)?;
-        pmm.pid = entry.pid;
-        files.dump_process(pid)?;
-        if let Some(t) = files.tables.last_mut() {
-            t.pid = entry.pid;
-        }
-        core.processes.push(pcore);
-        mm.processes.push(pmm);
-        pstree.processes.push(entry);
-    }
-    let mem_stats = mem.stats;
-    let entries = std::mem::take(&mut mem.entries);
-    mm.shmem = std::mem::take(&mut mem.shmem);
-    drop(mem);
+    let (sink, writer_end) = pagesink::channel();
+    // The tracer (this thread) reads pages; a second thread stores them (see `pagesink`).
+    let (collected, stored) = std::thread::scope(|scope| {
+        let storing = scope.spawn(|| writer_end.run(&mut store));
+        let collected = (|| {
+            let mut mem = memory::MemDumper::new(&sink);
+            for p in &frozen.processes {
+                let pid = p.pid.as_raw();
+                let st = seize::read_stat(pid)?;
+                let (pgid, sid) = pid_map.group_and_session(pid, &st)?;
+                let mut entry = ProcessEntry {
+                    pid: pid_map.virt(pid),
+                    ppid: if pid == frozen.root().as_raw() {
+                        0
+                    } else {
+                        pid_map.virt(p.ppid)
+                    },
+                    pgid,
+                    sid,
+                    threads: Vec::new(),
+                    state: ProcState::Alive,
+                };
+                if let Some(code) = p.zombie {
+                    entry.state = ProcState::Zombie { exit_code: code };
+                    pstree.processes.push(entry);
+                    continue;
+                }
+                entry.threads = p
+                    .threads
+                    .iter()
+                    .map(|t| pid_map.virt_tid(pid, t.tid.as_raw()))
+                    .collect::<Result<_, _>>()?;
+                // Remote syscalls first: the scratch page they use is gone before memory is read.
+                let (mut pcore, facts) = task::dump_process(p)?;
+                pcore.pid = entry.pid;
+                for (t, vt) in pcore.threads.iter_mut().zip(&entry.threads) {
+                    t.tid = *vt;
+                }
+                let mut pmm = mem.dump_process(pid, facts.brk)?;
+                pmm.pid = entry.pid;
+                files.dump_process(pid)?;
+                if let Some(t) = files.tables.last_mut() {
+                    t.pid = entry.pid;
+                }
+                core.processes.push(pcore);
+                mm.processes.push(pmm);
+                pstree.processes.push(entry);
+            }
+            Ok::<_, DumpError>((mem.stats, std::mem::take(&mut mem.shmem)))
+        })();
+        drop(sink);
+        let stored = storing
+            .join()
+            .unwrap_or_else(|_| Err(DumpError::Tree("the page writer thread panicked".into())));
+        (collected, stored)
+    });
+    // The writer's own error explains a failed send better than the send does.
+    let stored = stored?;
+    let (mem_stats, shmem) = collected?;
+    mm.shmem = shmem;
+    let entries = stored.entries;
     let index = store.finish()?;
     stats.pages_bytes_stored = index.chunks.iter().map(|c| c.stored_len as u64).sum();
     stats.pages_scanned = mem_stats.pages_scanned;
-    stats.pages_stored = mem_stats.pages_stored;
-    stats.zero_pages_skipped = mem_stats.zero_pages_skipped;
+    stats.pages_stored = stored.pages_stored;
+    stats.zero_pages_skipped = stored.zero_pages_skipped;
 
     // 3. Write the records and put the image in place.
     writer.write(&Inventory {

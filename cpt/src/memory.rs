@@ -14,12 +14,13 @@ use std::fs::File;
 use std::io::IoSliceMut;
 use std::os::unix::fs::FileExt;
 
-use images_format::mm::{MmFields, PageOwner, PagemapEntry, ProcessMm, ShmemObject, Vma, VmaKind};
-use images_format::pagestore::{PageStoreWriter, CHUNK_SIZE};
+use images_format::mm::{MmFields, PageOwner, ProcessMm, ShmemObject, Vma, VmaKind};
+use images_format::pagestore::CHUNK_SIZE;
 use images_format::PAGE_SIZE;
 use nix::sys::uio::{process_vm_readv, RemoteIoVec};
 use nix::unistd::{lseek, Whence};
 
+use crate::pagesink::{Job, PageSink};
 use crate::proc::{parse_maps, parse_smaps_vmflags, parse_stat, MapsLine, ProcDir};
 use crate::DumpError;
 
@@ -35,16 +36,12 @@ pub struct MemStats {
     pub read_ns: u64,
     pub store_ns: u64,
     pub pages_scanned: u64,
-    pub pages_stored: u64,
-    pub zero_pages_skipped: u64,
 }
 
 pub struct MemDumper<'a> {
-    pub store: &'a mut PageStoreWriter,
-    pub entries: Vec<PagemapEntry>,
+    sink: &'a PageSink,
     pub shmem: Vec<ShmemObject>,
     seen_shmem: HashSet<u64>,
-    buf: Vec<u8>,
     pub stats: MemStats,
 }
 
@@ -69,7 +66,12 @@ fn classify(pid: i32, m: &MapsLine) -> Result<Option<VmaKind>, DumpError> {
         "[vsyscall]" => return Ok(None), // fixed by the kernel in every process
         "" | "[heap]" | "[stack]" if !m.shared => VmaKind::Anon,
         p if p.starts_with("[anon:") && !m.shared => VmaKind::Anon,
-        p if p.starts_with("[anon_shmem:") || (m.shared && p == "/dev/zero (deleted)") => {
+        // A shared memfd mapping is the same kind of shmem object; restored processes show
+        // theirs as `/memfd:vzcpt-shmem`, so this also makes a restored tree dumpable again.
+        p if p.starts_with("[anon_shmem:")
+            || (m.shared && p == "/dev/zero (deleted)")
+            || (m.shared && p.starts_with("/memfd:") && p.ends_with(" (deleted)")) =>
+        {
             VmaKind::SharedAnon { id: m.inode }
         }
         p if p.starts_with("/SYSV") => {
@@ -90,19 +92,17 @@ fn classify(pid: i32, m: &MapsLine) -> Result<Option<VmaKind>, DumpError> {
 }
 
 impl<'a> MemDumper<'a> {
-    pub fn new(store: &'a mut PageStoreWriter) -> Self {
+    pub fn new(sink: &'a PageSink) -> Self {
         Self {
-            store,
-            entries: Vec::new(),
+            sink,
             shmem: Vec::new(),
             seen_shmem: HashSet::new(),
-            buf: vec![0u8; CHUNK_SIZE],
             stats: MemStats::default(),
         }
     }
 
     /// Dumps one stopped process's address space. `brk` is the current program break (read by a
-    /// remote `brk(0)`); `skip` is the dumper's own scratch area, already unmapped by then.
+    /// remote `brk(0)`). The scratch page of the remote syscalls is already gone by then.
     pub fn dump_process(&mut self, pid: i32, brk: u64) -> Result<ProcessMm, DumpError> {
         let dir = ProcDir::pid(pid);
         let maps_text = dir.read("maps").map_err(io("read", dir.0.join("maps")))?;
@@ -121,6 +121,9 @@ impl<'a> MemDumper<'a> {
             })?;
         let pagemap_path = dir.0.join("pagemap");
         let pagemap = File::open(&pagemap_path).map_err(io("open", &pagemap_path))?;
+        // Opened on the first area without PROT_READ: process_vm_readv refuses those, while
+        // /proc/PID/mem reads with FOLL_FORCE, as a debugger does.
+        let mut mem: Option<File> = None;
 
         let mut vmas = Vec::new();
         for m in &maps {
@@ -140,8 +143,10 @@ impl<'a> MemDumper<'a> {
                 | if m.write { libc::PROT_WRITE } else { 0 }
                 | if m.exec { libc::PROT_EXEC } else { 0 }) as u32;
             match &kind {
-                VmaKind::Anon => self.dump_pages(pid, &pagemap, m, false)?,
-                VmaKind::File { .. } if !m.shared => self.dump_pages(pid, &pagemap, m, true)?,
+                VmaKind::Anon => self.dump_pages(pid, &pagemap, &mut mem, m, false)?,
+                VmaKind::File { .. } if !m.shared => {
+                    self.dump_pages(pid, &pagemap, &mut mem, m, true)?
+                }
                 VmaKind::SharedAnon { id } => self.dump_shmem(pid, m, *id)?,
                 _ => {}
             }
@@ -190,9 +195,19 @@ impl<'a> MemDumper<'a> {
         &mut self,
         pid: i32,
         pagemap: &File,
+        mem: &mut Option<File>,
         m: &MapsLine,
         file_backed: bool,
     ) -> Result<(), DumpError> {
+        let unreadable = if m.read {
+            None
+        } else {
+            if mem.is_none() {
+                let path = format!("/proc/{pid}/mem");
+                *mem = Some(File::open(&path).map_err(io("open", &path))?);
+            }
+            mem.as_ref()
+        };
         let nr = ((m.end - m.start) / PAGE) as usize;
         let mut raw = vec![0u8; nr * 8];
         pagemap
@@ -218,96 +233,72 @@ impl<'a> MemDumper<'a> {
             while j < nr && j - i < max_run && wanted(j) {
                 j += 1;
             }
-            self.read_run(pid, m.start + i as u64 * PAGE, j - i, !file_backed)?;
+            self.read_run(
+                pid,
+                unreadable,
+                m.start + i as u64 * PAGE,
+                j - i,
+                !file_backed,
+            )?;
             i = j;
         }
         Ok(())
     }
 
     /// Reads `n` pages at `addr` of `pid` and appends them (zero pages dropped when allowed).
+    /// `mem` is `/proc/PID/mem`, given for an area without read permission.
     fn read_run(
         &mut self,
         pid: i32,
+        mem: Option<&File>,
         addr: u64,
         n: usize,
         drop_zero: bool,
     ) -> Result<(), DumpError> {
         let len = n * PAGE_SIZE;
-        let buf = &mut self.buf[..len];
+        let mut owned = self.sink.buffer()?;
+        let buf = &mut owned[..len];
         let remote = [RemoteIoVec {
             base: addr as usize,
             len,
         }];
         let t = std::time::Instant::now();
-        let got = process_vm_readv(
-            nix::unistd::Pid::from_raw(pid),
-            &mut [IoSliceMut::new(buf)],
-            &remote,
-        )
-        .map_err(|e| DumpError::Task {
-            pid,
-            what: format!("memory at {addr:#x} ({len} bytes)"),
-            reason: format!("process_vm_readv: {e}"),
-        })?;
-        if got != len {
-            return Err(DumpError::Task {
+        if let Some(mem) = mem {
+            mem.read_exact_at(buf, addr).map_err(|e| DumpError::Task {
                 pid,
-                what: format!("memory at {addr:#x}"),
-                reason: format!("process_vm_readv read {got} of {len} bytes"),
-            });
+                what: format!("memory at {addr:#x} ({len} bytes, not readable)"),
+                reason: format!("read /proc/{pid}/mem: {e}"),
+            })?;
+        } else {
+            let got = process_vm_readv(
+                nix::unistd::Pid::from_raw(pid),
+                &mut [IoSliceMut::new(buf)],
+                &remote,
+            )
+            .map_err(|e| DumpError::Task {
+                pid,
+                what: format!("memory at {addr:#x} ({len} bytes)"),
+                reason: format!("process_vm_readv: {e}"),
+            })?;
+            if got != len {
+                return Err(DumpError::Task {
+                    pid,
+                    what: format!("memory at {addr:#x}"),
+                    reason: format!("process_vm_readv read {got} of {len} bytes"),
+                });
+            }
         }
         let t2 = std::time::Instant::now();
         self.stats.read_ns += (t2 - t).as_nanos() as u64;
-        let r = self.store_buffer(PageOwner::Process(pid), addr, n, drop_zero);
+        let r = self.sink.send(Job {
+            owner: PageOwner::Process(pid),
+            addr,
+            n,
+            drop_zero,
+            buf: owned,
+        });
         self.stats.store_ns += t2.elapsed().as_nanos() as u64;
         r
-    }
-
-    /// Appends the `n` pages in `self.buf` as runs of non-zero pages (all pages if `!drop_zero`).
-    fn store_buffer(
-        &mut self,
-        owner: PageOwner,
-        addr: u64,
-        n: usize,
-        drop_zero: bool,
-    ) -> Result<(), DumpError> {
-        let is_zero = |p: &[u8]| p.iter().all(|&b| b == 0);
-        let mut i = 0;
-        while i < n {
-            if drop_zero && is_zero(&self.buf[i * PAGE_SIZE..(i + 1) * PAGE_SIZE]) {
-                self.stats.zero_pages_skipped += 1;
-                i += 1;
-                continue;
-            }
-            let mut j = i + 1;
-            while j < n && !(drop_zero && is_zero(&self.buf[j * PAGE_SIZE..(j + 1) * PAGE_SIZE])) {
-                j += 1;
-            }
-            // A run never spans two chunks.
-            let mut k = i;
-            while k < j {
-                let room = self.store.room() / PAGE_SIZE;
-                let room = if room == 0 {
-                    CHUNK_SIZE / PAGE_SIZE
-                } else {
-                    room
-                };
-                let take = (j - k).min(room);
-                let loc = self
-                    .store
-                    .append(&self.buf[k * PAGE_SIZE..(k + take) * PAGE_SIZE])?;
-                self.entries.push(PagemapEntry {
-                    owner,
-                    addr: addr + (k * PAGE_SIZE) as u64,
-                    nr_pages: take as u32,
-                    loc,
-                });
-                self.stats.pages_stored += take as u64;
-                k += take;
-            }
-            i = j;
-        }
-        Ok(())
     }
 
     /// Stores a shared anonymous object once: its populated ranges, found with
@@ -347,11 +338,18 @@ impl<'a> MemDumper<'a> {
             while pos < hole {
                 let n = ((hole - pos).div_ceil(PAGE) as usize).min(CHUNK_SIZE / PAGE_SIZE);
                 let len = n * PAGE_SIZE;
+                let mut buf = self.sink.buffer()?;
                 let got = file
-                    .read_at(&mut self.buf[..len], pos)
+                    .read_at(&mut buf[..len], pos)
                     .map_err(io("read", &path))?;
-                self.buf[got..len].fill(0);
-                self.store_buffer(PageOwner::Shmem(id), pos, n, true)?;
+                buf[got..len].fill(0);
+                self.sink.send(Job {
+                    owner: PageOwner::Shmem(id),
+                    addr: pos,
+                    n,
+                    drop_zero: true,
+                    buf,
+                })?;
                 pos += len as u64;
             }
             off = hole;

@@ -292,7 +292,11 @@ impl Frozen {
             let _ = kill(p.pid, Signal::SIGKILL);
         }
         for p in &self.processes {
-            for t in &p.threads {
+            // A traced group leader is reported only once every other thread of its group
+            // has been reaped, and traced threads stay zombies until their tracer reaps them:
+            // reap the other threads first, the leader last.
+            let (leader, others): (Vec<_>, Vec<_>) = p.threads.iter().partition(|t| t.tid == p.pid);
+            for t in others.into_iter().chain(leader) {
                 loop {
                     match ptrace::wait(t.tid) {
                         Ok(WaitStatus::Exited(..)) | Ok(WaitStatus::Signaled(..)) | Err(_) => break,

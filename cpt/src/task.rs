@@ -6,7 +6,8 @@
 //! and ptrace.
 
 use images_format::core::{
-    AltStack, Creds, ITimer, ProcessCore, Regs, Rlimit, Rseq, SigAction, SigInfo, ThreadCore,
+    AltStack, CgroupMembership, Creds, ITimer, ProcessCore, Regs, Rlimit, Rseq, SigAction, SigInfo,
+    ThreadCore,
 };
 use sys::ptrace::{self, UserRegs};
 use sys::remote::{Call, RemoteTask, SCRATCH_DATA_OFFSET};
@@ -359,6 +360,10 @@ pub fn dump_process(p: &SeizedProcess) -> Result<(ProcessCore, RemoteFacts), Dum
         root: dir
             .readlink("root")
             .map_err(io("readlink", dir.0.join("root")))?,
+        cgroups: parse_cgroups(
+            &dir.read("cgroup")
+                .map_err(io("read", dir.0.join("cgroup")))?,
+        ),
         threads,
     };
     Ok((core, RemoteFacts { brk }))
@@ -455,5 +460,36 @@ mod tests {
         assert_eq!(f.rip, 0x1002);
         let f = restart_fixup(regs(-1, 7));
         assert_eq!(f.rax, 7);
+    }
+}
+
+/// The lines `ID:CONTROLLERS:PATH` of `/proc/PID/cgroup`.
+fn parse_cgroups(text: &str) -> Vec<CgroupMembership> {
+    text.lines()
+        .filter_map(|l| {
+            let mut it = l.splitn(3, ':');
+            let (_id, controllers, path) = (it.next()?, it.next()?, it.next()?);
+            Some(CgroupMembership {
+                controllers: controllers.to_string(),
+                path: path.to_string(),
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod cgroup_tests {
+    use super::*;
+
+    #[test]
+    fn parses_v1_and_v2_lines() {
+        let text = "12:freezer:/vzcpt-test\n1:name=systemd:/user.slice\n0::/x/y\n";
+        let got = parse_cgroups(text);
+        assert_eq!(got.len(), 3);
+        assert_eq!(got[0].controllers, "freezer");
+        assert_eq!(got[0].path, "/vzcpt-test");
+        assert_eq!(got[1].controllers, "name=systemd");
+        assert_eq!(got[2].controllers, "");
+        assert_eq!(got[2].path, "/x/y");
     }
 }

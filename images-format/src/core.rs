@@ -35,7 +35,17 @@ pub struct ProcessCore {
     pub pdeath_signal: u32,
     pub cwd: String,
     pub root: String,
+    /// The cgroups of the process, one per hierarchy, as `/proc/PID/cgroup` lists them.
+    pub cgroups: Vec<CgroupMembership>,
     pub threads: Vec<ThreadCore>,
+}
+
+/// Membership in one cgroup hierarchy: a line `ID:CONTROLLERS:PATH` of `/proc/PID/cgroup`.
+/// `controllers` is empty for cgroup v2; `path` is from the hierarchy's root.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct CgroupMembership {
+    pub controllers: String,
+    pub path: String,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]

@@ -284,11 +284,17 @@ struct Source {
 impl Source {
     /// The stored bytes of `d`, which the reader has validated against the file length.
     fn stored(&self, d: &ChunkDesc, path: &Path) -> Result<Cow<'_, [u8]>> {
-        let mut v = vec![0u8; d.stored_len as usize];
-        self.file
-            .read_exact_at(&mut v, d.file_offset)
-            .map_err(|e| FormatError::io("read", path, e))?;
+        let mut v = Vec::new();
+        self.stored_into(d, path, &mut v)?;
         Ok(Cow::Owned(v))
+    }
+
+    /// Reads the stored bytes of `d` into `out`, reusing its allocation.
+    fn stored_into(&self, d: &ChunkDesc, path: &Path, out: &mut Vec<u8>) -> Result<()> {
+        out.resize(d.stored_len as usize, 0);
+        self.file
+            .read_exact_at(out, d.file_offset)
+            .map_err(|e| FormatError::io("read", path, e))
     }
 }
 
@@ -298,6 +304,9 @@ pub struct PageStoreReader {
     path: PathBuf,
     src: Source,
     chunks: Vec<ChunkDesc>,
+    /// Set once [`PageStoreReader::verify_all`] has checked every chunk: later reads skip the
+    /// checksum (a restore verifies up front, before any process exists, then reads again).
+    verified: std::sync::atomic::AtomicBool,
 }
 
 impl PageStoreReader {
@@ -383,6 +392,7 @@ impl PageStoreReader {
             path,
             src: Source { file },
             chunks: index.chunks.clone(),
+            verified: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -407,21 +417,31 @@ impl PageStoreReader {
                 count: self.chunks.len(),
             });
         };
-        let stored = self.src.stored(d, &self.path)?;
-        let crc = crc32fast::hash(&stored);
-        if crc != d.crc32 {
-            return Err(FormatError::ChunkChecksum {
-                file: self.path.clone(),
-                index: i,
-                expected: d.crc32,
-                found: crc,
-            });
-        }
-        out.clear();
+        let verified = self.verified.load(std::sync::atomic::Ordering::Relaxed);
+        let check = |stored: &[u8]| {
+            let crc = crc32fast::hash(stored);
+            if verified || crc == d.crc32 {
+                Ok(())
+            } else {
+                Err(FormatError::ChunkChecksum {
+                    file: self.path.clone(),
+                    index: i,
+                    expected: d.crc32,
+                    found: crc,
+                })
+            }
+        };
         if !d.compressed {
-            out.extend_from_slice(&stored);
+            // Raw chunks go straight into the caller's buffer: one copy, no fresh allocation.
+            self.src.stored_into(d, &self.path, out)?;
+            if !verified {
+                check(out)?;
+            }
             return Ok(());
         }
+        let stored = self.src.stored(d, &self.path)?;
+        check(&stored)?;
+        out.clear();
         let raw_len = d.raw_len as usize;
         let bad = |reason: String| FormatError::ChunkDecompress {
             file: self.path.clone(),
@@ -454,6 +474,8 @@ impl PageStoreReader {
             })?;
             self.chunk_into(i, &mut buf)?;
         }
+        self.verified
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         Ok(())
     }
 }

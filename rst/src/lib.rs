@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub mod arena;
+pub mod cgroup;
 pub mod files;
 pub mod memory;
 pub mod task;
@@ -163,6 +164,9 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
         .map(|m| (m.pid, m.vmas.iter().map(|v| (v.start, v.end)).collect()))
         .collect();
     let plan = tree::plan(&img.pstree, &layouts);
+    let hierarchies = cgroup::Hierarchies::of_this_host()?;
+    // Declared before the tree: on failure the tree is killed first, then its new cgroups go.
+    let mut new_cgroups = cgroup::CreatedCgroups::default();
     let mut created = tree::create(&plan, opts.detach)?;
     let create_ms = ms(t0);
 
@@ -171,6 +175,8 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
         ptrace::seize_and_interrupt(p.host)?;
         ptrace::wait_for_interrupt_stop(p.host)?;
         ptrace::set_sigmask(p.host, !0)?;
+        let core = core_of(&img, p.pid)?;
+        hierarchies.place(p.pid, p.host.as_raw(), &core.cgroups, &mut new_cgroups)?;
     }
     let mut threads_of: HashMap<i32, Vec<Pid>> = HashMap::new();
     let mut stats = RestoreStats {
@@ -204,6 +210,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
         }
     }
     created.release();
+    new_cgroups.keep();
     drop(prepared);
     drop(shmem);
     stats.root_pid = created.root_host.as_raw();

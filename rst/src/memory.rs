@@ -389,21 +389,76 @@ fn write_pages(
         .iter()
         .filter(|e| e.owner == PageOwner::Process(pid))
         .collect();
+    // Runs of entries that share a chunk (entries are in dump order, so chunks ascend).
+    let mut groups: Vec<&[&PagemapEntry]> = Vec::new();
     let mut i = 0;
     while i < mine.len() {
-        let c = mine[i].loc.chunk;
-        let chunk = chunks.get(c)?;
         let mut j = i;
-        let mut local = Vec::new();
-        let mut remote = Vec::new();
-        while j < mine.len() && mine[j].loc.chunk == c && local.len() < 1024 {
-            let data = page_slice(chunk, mine[j])?;
+        while j < mine.len() && mine[j].loc.chunk == mine[i].loc.chunk {
+            j += 1;
+        }
+        groups.push(&mine[i..j]);
+        i = j;
+    }
+    if groups.len() < 4 {
+        for g in groups {
+            let chunk = chunks.get(g[0].loc.chunk)?;
+            write_group(host_pid, pid, g, chunk)?;
+        }
+        return Ok(());
+    }
+    // Many chunks: two threads, each reading a chunk and writing it into the process. Most of
+    // the time goes to the kernel allocating and zeroing the process's fresh pages, which
+    // runs on both CPUs at once. process_vm_writev needs ptrace access, not the tracer thread.
+    let store = chunks.store;
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let groups = &groups;
+    let next = &next;
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..2)
+            .map(|_| {
+                scope.spawn(move || -> Result<(), RestoreError> {
+                    let mut buf = Vec::new();
+                    loop {
+                        let k = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(g) = groups.get(k) else {
+                            return Ok(());
+                        };
+                        store.chunk_into(g[0].loc.chunk, &mut buf)?;
+                        write_group(host_pid, pid, g, &buf)?;
+                    }
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| {
+                w.join().unwrap_or_else(|_| {
+                    Err(RestoreError::Memory("a page writer thread panicked".into()))
+                })
+            })
+            .collect::<Result<Vec<()>, RestoreError>>()
+    })?;
+    Ok(())
+}
+
+/// Writes the runs of one chunk into the process, up to 1024 runs per process_vm_writev.
+fn write_group(
+    host_pid: i32,
+    pid: i32,
+    group: &[&PagemapEntry],
+    chunk: &[u8],
+) -> Result<(), RestoreError> {
+    for part in group.chunks(1024) {
+        let mut local = Vec::with_capacity(part.len());
+        let mut remote = Vec::with_capacity(part.len());
+        for e in part {
+            let data = page_slice(chunk, e)?;
             local.push(IoSlice::new(data));
             remote.push(RemoteIoVec {
-                base: mine[j].addr as usize,
+                base: e.addr as usize,
                 len: data.len(),
             });
-            j += 1;
         }
         let want: usize = remote.iter().map(|r| r.len).sum();
         let got = process_vm_writev(nix::unistd::Pid::from_raw(host_pid), &local, &remote)
@@ -413,7 +468,6 @@ fn write_pages(
                 "process_vm_writev wrote {got} of {want} bytes into process {pid}"
             )));
         }
-        i = j;
     }
     Ok(())
 }
