@@ -262,11 +262,20 @@ impl Frozen {
         }
     }
 
+    /// Detaches every thread. With `stop`, each process gets that signal queued first (a
+    /// detach from an interrupt stop cannot inject one), so it stops as a whole right after
+    /// the detach; this returns once every thread shows the stopped state.
     fn resume(&mut self, stop: Option<Signal>) -> Result<(), DumpError> {
         let mut first_err = None;
+        if let Some(sig) = stop {
+            for p in self.alive() {
+                if let Err(e) = kill(p.pid, sig) {
+                    warn!(pid = p.pid.as_raw(), ?e, "cannot queue the stop signal");
+                }
+            }
+        }
         for p in &self.processes {
-            for (i, t) in p.threads.iter().enumerate() {
-                let sig = if i == 0 { stop } else { None };
+            for t in &p.threads {
                 if t.orig_sigmask != u64::MAX {
                     if let Err(e) = ptrace::set_sigmask(t.tid, t.orig_sigmask) {
                         first_err.get_or_insert(e);
@@ -275,13 +284,39 @@ impl Frozen {
                     // Interrupted while frozen, stop never collected: collect it now.
                     let _ = ptrace::wait_for_interrupt_stop(t.tid);
                 }
-                if let Err(e) = ptrace::detach(t.tid, sig) {
+                if let Err(e) = ptrace::detach(t.tid, None) {
                     warn!(tid = t.tid.as_raw(), ?e, "cannot detach");
                     first_err.get_or_insert(e);
                 }
             }
         }
+        if stop.is_some() {
+            self.wait_group_stopped();
+        }
         first_err.map_or(Ok(()), |e| Err(e.into()))
+    }
+
+    /// Waits (up to 5 s) until every thread of the tree is in a group stop.
+    fn wait_group_stopped(&self) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        for p in self.alive() {
+            for t in &p.threads {
+                let path = format!("/proc/{}/task/{}/stat", p.pid, t.tid);
+                loop {
+                    let state = std::fs::read_to_string(&path)
+                        .ok()
+                        .and_then(|st| st.rfind(") ").and_then(|i| st[i + 2..].chars().next()));
+                    match state {
+                        Some('T') | None => break,
+                        Some(_) if Instant::now() > deadline => {
+                            warn!(tid = t.tid.as_raw(), "not stopped 5 s after the dump");
+                            return;
+                        }
+                        Some(_) => std::thread::sleep(Duration::from_millis(1)),
+                    }
+                }
+            }
+        }
     }
 
     /// SIGKILLs every process, reaps the ptrace exit notifications (so real parents get

@@ -104,8 +104,13 @@ impl Drop for Created {
         }
         // Killing the init of a new PID namespace kills the whole namespace; otherwise every
         // created process is killed by PID (they are all stopped or waiting, none can fork).
-        for p in self.procs.iter().rev() {
+        // A PID of 0 or less is never signalled: kill(0) would hit the restorer's own
+        // process group, kill(-1) everything.
+        for p in self.procs.iter().rev().filter(|p| p.host.as_raw() > 0) {
             let _ = kill(p.host, Signal::SIGKILL);
+        }
+        if self.root_host.as_raw() <= 0 {
+            return;
         }
         let _ = kill(self.root_host, Signal::SIGKILL);
         if self.root_is_child {
@@ -300,6 +305,16 @@ pub fn create(plan: &Plan, detach: bool) -> Result<Created, RestoreError> {
     while scratch.len() < alive || created.root_host.as_raw() == 0 {
         let r = read_report(&report_r, deadline)?;
         if r.errno != 0 {
+            if created.root_host.as_raw() == 0 {
+                // Detached: the intermediate process has exited, so the report of the root's
+                // PID, if the root exists, is already in the pipe. Without it the root would
+                // outlive the failure (it has no parent death signal).
+                while let Ok(more) = read_report(&report_r, Instant::now()) {
+                    if more.pid == -1 {
+                        created.root_host = Pid::from_raw(more.value as i32);
+                    }
+                }
+            }
             return Err(RestoreError::Tree(format!(
                 "cannot create process {}: {}",
                 r.pid,

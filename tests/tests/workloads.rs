@@ -13,6 +13,8 @@ use libtest_mimic::{Arguments, Failed, Trial};
 const MODES: &[&str] = &["kill", "leave-running", "compress"];
 /// Workloads also dumped through the cgroup freezer (v2 and v1).
 const CGROUP_WORKLOADS: &[&str] = &["forktree", "threads8", "bash_loop"];
+/// Workloads also dumped with `--leave-stopped` (stopped, then continued by the harness).
+const STOPPED_WORKLOADS: &[&str] = &["counter", "forktree", "threads8"];
 const SCENARIO_TIMEOUT: Duration = Duration::from_secs(240);
 
 fn workloads() -> Vec<(String, Vec<String>)> {
@@ -105,7 +107,7 @@ fn run_scenario(name: &str, cmd: &[String], mode: &str) -> Result<(), Failed> {
         .arg("--mode")
         .arg(mode)
         .arg("--rounds")
-        .arg(if mode == "leave-running" { "1" } else { "2" });
+        .arg(if mode.starts_with("leave-") { "1" } else { "2" });
     let _cgroup = match cgroup_root(mode) {
         Some(root) => {
             let cg = root.join(format!("vzcpt-test-{name}-{}", std::process::id()));
@@ -161,6 +163,9 @@ fn main() {
     let mut trials = Vec::new();
     for (name, cmd) in workloads() {
         let mut modes: Vec<&str> = MODES.to_vec();
+        if STOPPED_WORKLOADS.contains(&name.as_str()) {
+            modes.push("leave-stopped");
+        }
         if CGROUP_WORKLOADS.contains(&name.as_str()) {
             modes.extend(["cgroup-v2", "cgroup-v1"]);
         }

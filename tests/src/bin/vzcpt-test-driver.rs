@@ -4,6 +4,8 @@
 //! kills everything left in the namespace.
 //!
 //! Modes: `kill` (dump, which kills; restore), `compress` (the same with `--compress`),
+//! `leave-stopped` (dump with `--leave-stopped`: every task must be stopped; SIGCONT them and
+//! check the original),
 //! `leave-running` (dump with `--leave-running`, check the original, kill it, restore a copy
 //! in a fresh PID namespace and check the copy), `cgroup-v2` / `cgroup-v1` (like `kill`, but the
 //! workload runs in the given cgroup and is dumped with `--cgroup`).
@@ -232,6 +234,26 @@ fn scenario(d: &mut Driver) -> anyhow::Result<()> {
                 d.check(&format!("after restore {round}"))?;
             }
         }
+        "leave-stopped" => {
+            let img = d.a.work.join("img1");
+            d.dump(root, &img, &["--leave-stopped"])?;
+            let tasks = namespace_tasks()?;
+            let running: Vec<String> = tasks
+                .iter()
+                .filter(|(_, _, state)| *state != 'T')
+                .map(|(p, t, state)| format!("{p}/{t} ({state})"))
+                .collect();
+            if !running.is_empty() {
+                bail!("after a --leave-stopped dump, tasks are not stopped: {running:?}");
+            }
+            for (p, _, _) in &tasks {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(*p),
+                    nix::sys::signal::Signal::SIGCONT,
+                );
+            }
+            d.check("of the original after a --leave-stopped dump and SIGCONT")?;
+        }
         "leave-running" => {
             let img = d.a.work.join("img1");
             d.dump(root, &img, &["--leave-running"])?;
@@ -264,6 +286,38 @@ fn scenario(d: &mut Driver) -> anyhow::Result<()> {
         other => bail!("unknown mode {other}"),
     }
     Ok(())
+}
+
+/// (pid, tid, state) of every task of this PID namespace but the driver's.
+fn namespace_tasks() -> anyhow::Result<Vec<(i32, i32, char)>> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc")?.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        if pid == 1 {
+            continue;
+        }
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            continue;
+        };
+        for t in tasks.flatten() {
+            let Some(tid) = t.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+                continue;
+            };
+            let stat =
+                std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).unwrap_or_default();
+            let state = stat
+                .rfind(") ")
+                .and_then(|i| stat[i + 2..].chars().next())
+                .unwrap_or('?');
+            // Zombies stay zombies whatever the dump leaves.
+            if state != 'Z' {
+                out.push((pid, tid, state));
+            }
+        }
+    }
+    Ok(out)
 }
 
 fn main() {

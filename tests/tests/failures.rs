@@ -1,0 +1,179 @@
+//! Nothing is lost when a dump or a restore fails: a failed dump leaves the tree running as it
+//! was (not stopped, not traced, same signal mask, cgroup thawed) and no image behind; a failed
+//! restore leaves no process it created.
+//!
+//! Each trial is a bash script run as PID 1 of its own PID namespace, so whatever it starts
+//! dies with it. The script prints `OK` last; any other end is a failure with its output.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use libtest_mimic::{Arguments, Failed, Trial};
+
+/// Helpers every script gets. `$VZCPT` is the binary, `$WORK` a fresh directory.
+const PRELUDE: &str = r#"
+set -u
+fail() { echo "FAIL: $*"; exit 1; }
+field() { awk -v k="$2:" '$1 == k { print $2 }' "/proc/$1/status"; }
+state() { sed 's/.*) //' "/proc/$1/stat" | cut -c1; }
+# The workload processes of this namespace (the scripts run `sleep` and `python3`).
+others() { pgrep -x 'sleep|python3' | while read -r p; do echo "$p $(cat /proc/$p/comm 2>/dev/null)"; done; }
+"#;
+
+/// A dump that meets a resource it cannot handle (a socket) fails naming it and the task, and
+/// leaves the process exactly as it was.
+const DUMP_UNSUPPORTED: &str = r#"
+python3 -c 'import socket, time; s = socket.socket(); time.sleep(1000)' &
+P=$!
+sleep 0.5
+blk=$(field $P SigBlk)
+out=$("$VZCPT" dump -t $P -D "$WORK/img" 2>&1) && fail "dump of a process with a socket succeeded"
+echo "$out" | grep -q "socket" || fail "the error does not name the socket: $out"
+echo "$out" | grep -q "$P" || fail "the error does not name task $P: $out"
+[ -e "$WORK/img" ] && fail "a partial image was left in $WORK/img"
+ls "$WORK" | grep -q tmp && fail "a temporary image directory was left: $(ls $WORK)"
+kill -0 $P || fail "the process died"
+[ "$(state $P)" = S ] || fail "the process is in state $(state $P), not S (sleeping)"
+[ "$(field $P TracerPid)" = 0 ] || fail "the process is still traced"
+[ "$(field $P SigBlk)" = "$blk" ] || fail "blocked mask $(field $P SigBlk), was $blk"
+kill $P; wait $P
+echo OK
+"#;
+
+/// The same through the cgroup freezer: the cgroup is thawed again after the failed dump.
+const DUMP_UNSUPPORTED_CGROUP: &str = r#"
+CG="$CGROOT/vzcpt-fail-$$-$RANDOM"
+mkdir "$CG" || fail "mkdir $CG"
+trap 'echo 1 > "$CG/cgroup.kill" 2>/dev/null; sleep 0.2; rmdir "$CG" 2>/dev/null' EXIT
+sh -c 'echo $$ > "$0/cgroup.procs" && exec python3 -c "import socket, time; s = socket.socket(); time.sleep(1000)"' "$CG" &
+P=$!
+sleep 0.5
+out=$("$VZCPT" dump --cgroup "$CG" -D "$WORK/img" 2>&1) && fail "dump of a cgroup with a socket succeeded"
+echo "$out" | grep -q "socket" || fail "the error does not name the socket: $out"
+[ -e "$WORK/img" ] && fail "a partial image was left"
+grep -q "^frozen 0" "$CG/cgroup.events" || fail "the cgroup stays frozen: $(cat $CG/cgroup.events)"
+[ "$(state $P)" = S ] || fail "the process is in state $(state $P)"
+[ "$(field $P TracerPid)" = 0 ] || fail "the process is still traced"
+echo OK
+"#;
+
+/// A restore whose PIDs are taken (the original still runs) fails before creating anything.
+const RESTORE_PID_TAKEN: &str = r#"
+sleep 1000 &
+P=$!
+"$VZCPT" dump --leave-running -t $P -D "$WORK/img" || fail "dump"
+before=$(others | sort)
+out=$("$VZCPT" restore -D "$WORK/img" --detach 2>&1) && fail "restore over a running original succeeded"
+echo "$out" | grep -q "$P" || fail "the error does not name PID $P: $out"
+after=$(others | sort)
+[ "$before" = "$after" ] || fail "processes changed: before [$before] after [$after]"
+echo OK
+"#;
+
+/// A restore that fails after the tree exists (the working directory of the process is gone)
+/// kills every process it created: the PIDs are free again and nothing of the tree runs.
+const RESTORE_FAILS_MIDWAY: &str = r#"
+mkdir "$WORK/cwd"
+bash -c 'cd "$0" && sleep 1000 & cd "$0" && exec sleep 1000' "$WORK/cwd" &
+P=$!
+sleep 0.3
+"$VZCPT" dump -t $P -D "$WORK/img" || fail "dump"
+wait $P 2>/dev/null
+rmdir "$WORK/cwd"
+before=$(others | sort)
+out=$("$VZCPT" restore -D "$WORK/img" --detach 2>&1) && fail "restore without the working directory succeeded"
+echo "$out" | grep -q "working directory" || fail "the error does not name the working directory: $out"
+sleep 0.2
+after=$(others | sort)
+[ "$before" = "$after" ] || fail "processes left: before [$before] after [$after]"
+[ -e /proc/$P ] && fail "PID $P is still taken: $(cat /proc/$P/stat)"
+echo OK
+"#;
+
+fn run_script(name: &str, body: &str, env: &[(&str, String)]) -> Result<(), Failed> {
+    let vzcpt = tests::paths::vzcpt().map_err(|e| Failed::from(format!("{e:#}")))?;
+    let work = tests::paths::profile_dir()
+        .join("test-work")
+        .join(format!("fail-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work).map_err(|e| Failed::from(e.to_string()))?;
+    let out = Command::new("timeout")
+        .args([
+            "120",
+            "unshare",
+            "--pid",
+            "--fork",
+            "--mount-proc",
+            "--kill-child",
+        ])
+        .args(["bash", "-c", &format!("{PRELUDE}\n{body}")])
+        .env("VZCPT", &vzcpt)
+        .env("WORK", &work)
+        .envs(env.iter().map(|(k, v)| (*k, v)))
+        .output()
+        .map_err(|e| Failed::from(format!("run bash: {e}")))?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if out.status.success() && text.lines().any(|l| l == "OK") {
+        let _ = std::fs::remove_dir_all(&work);
+        Ok(())
+    } else {
+        Err(format!("{name}: {}\n{text}", out.status).into())
+    }
+}
+
+fn main() {
+    let args = Arguments::from_args();
+    let mut skip = None;
+    if !nix::unistd::geteuid().is_root() {
+        skip = Some("needs root (ptrace, namespaces)".to_string());
+    } else if Command::new("python3").arg("-V").output().is_err() {
+        skip = Some("needs python3".to_string());
+    }
+    let cg2 = PathBuf::from("/sys/fs/cgroup/unified");
+    let scripts: Vec<(&str, &str, Option<String>)> = vec![
+        (
+            "dump_unsupported_resource_leaves_tree_running",
+            DUMP_UNSUPPORTED,
+            None,
+        ),
+        (
+            "dump_unsupported_in_cgroup_leaves_cgroup_thawed",
+            DUMP_UNSUPPORTED_CGROUP,
+            (!cg2.join("cgroup.freeze").exists() && !cg2.join("cgroup.procs").exists())
+                .then(|| "no cgroup v2 hierarchy at /sys/fs/cgroup/unified".to_string()),
+        ),
+        (
+            "restore_with_taken_pid_starts_nothing",
+            RESTORE_PID_TAKEN,
+            None,
+        ),
+        (
+            "restore_failing_midway_kills_what_it_created",
+            RESTORE_FAILS_MIDWAY,
+            None,
+        ),
+    ];
+    let trials = scripts
+        .into_iter()
+        .map(|(name, body, own_skip)| {
+            let reason = skip.clone().or(own_skip);
+            let ignored = reason.is_some();
+            if let Some(r) = &reason {
+                eprintln!("{name}: ignored: {r}");
+            }
+            let env = vec![("CGROOT", cg2.display().to_string())];
+            Trial::test(name, move || {
+                if let Some(r) = reason {
+                    return Err(format!("skipped: {r}").into());
+                }
+                run_script(name, body, &env)
+            })
+            .with_ignored_flag(ignored)
+        })
+        .collect();
+    libtest_mimic::run(&args, trials).exit();
+}
