@@ -139,6 +139,11 @@ impl<'a> MemDumper<'a> {
             if flags.iter().any(|f| f == "gd") {
                 map_flags |= libc::MAP_GROWSDOWN as u32;
             }
+            // VM_NORESERVE: restored with MAP_NORESERVE, else a sparse private area is mapped
+            // accountable ("ac") and its whole size is charged to the commit limit.
+            if flags.iter().any(|f| f == "nr") {
+                map_flags |= libc::MAP_NORESERVE as u32;
+            }
             let prot = (if m.read { libc::PROT_READ } else { 0 }
                 | if m.write { libc::PROT_WRITE } else { 0 }
                 | if m.exec { libc::PROT_EXEC } else { 0 }) as u32;
@@ -150,12 +155,26 @@ impl<'a> MemDumper<'a> {
                 VmaKind::SharedAnon { id } => self.dump_shmem(pid, m, *id)?,
                 _ => {}
             }
+            let has = |f: &str| flags.iter().any(|x| x == f);
+            let advice = [
+                ("dc", libc::MADV_DONTFORK),
+                ("dd", libc::MADV_DONTDUMP),
+                ("wf", libc::MADV_WIPEONFORK),
+                ("hg", libc::MADV_HUGEPAGE),
+                ("nh", libc::MADV_NOHUGEPAGE),
+            ]
+            .into_iter()
+            .filter(|(f, _)| has(f))
+            .map(|(_, a)| a)
+            .collect();
             vmas.push(Vma {
                 start: m.start,
                 end: m.end,
                 prot,
                 flags: map_flags,
                 offset: m.offset,
+                advice,
+                locked: has("lo"),
                 kind,
             });
         }

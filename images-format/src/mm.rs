@@ -51,10 +51,16 @@ pub struct Vma {
     pub end: u64,
     /// `PROT_*` bits.
     pub prot: u32,
-    /// `MAP_SHARED` or `MAP_PRIVATE`, plus `MAP_GROWSDOWN` for stacks.
+    /// `MAP_SHARED` or `MAP_PRIVATE`, plus `MAP_GROWSDOWN` for stacks and `MAP_NORESERVE`
+    /// for areas with `VM_NORESERVE` ("nr" in smaps VmFlags).
     pub flags: u32,
     /// Offset into the file in bytes (file mappings) or into the shared object.
     pub offset: u64,
+    /// `madvise` advice in force (`MADV_DONTFORK`, `MADV_DONTDUMP`, `MADV_WIPEONFORK`,
+    /// `MADV_HUGEPAGE`, `MADV_NOHUGEPAGE`), from smaps VmFlags.
+    pub advice: Vec<i32>,
+    /// Locked in memory (`mlock`).
+    pub locked: bool,
     pub kind: VmaKind,
 }
 

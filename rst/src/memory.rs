@@ -345,6 +345,24 @@ pub fn restore_mm(
         .iter()
         .map(|&(s, len, prot)| Call::new("mprotect", libc::SYS_mprotect, &[s, len, prot as u64]))
         .collect();
+    // Advice and locks once the pages are in: MADV_DONTFORK and friends only matter from now
+    // on, and mlock would otherwise fault in pages about to be overwritten.
+    for v in &mm.vmas {
+        if matches!(v.kind, VmaKind::Vdso | VmaKind::Vvar | VmaKind::VvarVclock) {
+            continue; // the kernel's own, moved as they are
+        }
+        let len = v.end - v.start;
+        for &a in &v.advice {
+            calls.push(Call::new(
+                "madvise",
+                libc::SYS_madvise,
+                &[v.start, len, a as u64],
+            ));
+        }
+        if v.locked {
+            calls.push(Call::new("mlock", libc::SYS_mlock, &[v.start, len]));
+        }
+    }
     let f = &mm.fields;
     let auxv = arena.words(rt, &mm.auxv)?;
     let exe_fd = fd_of(&mm.exe, libc::O_RDONLY);
