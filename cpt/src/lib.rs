@@ -162,6 +162,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats, DumpError> {
                     sid,
                     threads: Vec::new(),
                     state: ProcState::Alive,
+                    comm: st.comm.clone(),
                 };
                 if let Some(code) = p.zombie {
                     entry.state = ProcState::Zombie { exit_code: code };
@@ -179,7 +180,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats, DumpError> {
                 for (t, vt) in pcore.threads.iter_mut().zip(&entry.threads) {
                     t.tid = *vt;
                 }
-                let mut pmm = mem.dump_process(pid, facts.brk)?;
+                let mut pmm = mem.dump_process(pid, entry.pid, facts.brk)?;
                 pmm.pid = entry.pid;
                 files.dump_process(pid)?;
                 if let Some(t) = files.tables.last_mut() {

@@ -43,6 +43,9 @@ pub struct MemDumper<'a> {
     pub shmem: Vec<ShmemObject>,
     seen_shmem: HashSet<u64>,
     pub stats: MemStats,
+    /// The PID the image records for the process being dumped (its PID inside its own PID
+    /// namespace when the root is that namespace's init): the owner of its pagemap entries.
+    image_pid: i32,
 }
 
 fn io(
@@ -98,12 +101,19 @@ impl<'a> MemDumper<'a> {
             shmem: Vec::new(),
             seen_shmem: HashSet::new(),
             stats: MemStats::default(),
+            image_pid: 0,
         }
     }
 
     /// Dumps one stopped process's address space. `brk` is the current program break (read by a
     /// remote `brk(0)`). The scratch page of the remote syscalls is already gone by then.
-    pub fn dump_process(&mut self, pid: i32, brk: u64) -> Result<ProcessMm, DumpError> {
+    pub fn dump_process(
+        &mut self,
+        pid: i32,
+        image_pid: i32,
+        brk: u64,
+    ) -> Result<ProcessMm, DumpError> {
+        self.image_pid = image_pid;
         let dir = ProcDir::pid(pid);
         let maps_text = dir.read("maps").map_err(io("read", dir.0.join("maps")))?;
         let maps = parse_maps(&maps_text).ok_or_else(|| DumpError::Task {
@@ -310,7 +320,7 @@ impl<'a> MemDumper<'a> {
         let t2 = std::time::Instant::now();
         self.stats.read_ns += (t2 - t).as_nanos() as u64;
         let r = self.sink.send(Job {
-            owner: PageOwner::Process(pid),
+            owner: PageOwner::Process(self.image_pid),
             addr,
             n,
             drop_zero,

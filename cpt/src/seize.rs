@@ -326,7 +326,9 @@ impl Frozen {
         for p in self.alive() {
             let _ = kill(p.pid, Signal::SIGKILL);
         }
-        for p in &self.processes {
+        // Children first: a PID namespace's init exits only once every other task of its
+        // namespace is reaped, and the traced ones wait for us (the tracer) to reap them.
+        for p in self.processes.iter().rev() {
             // A traced group leader is reported only once every other thread of its group
             // has been reaped, and traced threads stay zombies until their tracer reaps them:
             // reap the other threads first, the leader last.

@@ -26,6 +26,8 @@ pub struct ProcessEntry {
     /// Thread IDs, the main thread (== pid) first. Empty for zombies.
     pub threads: Vec<i32>,
     pub state: ProcState,
+    /// The command name (`/proc/PID/stat` comm): a zombie has no core record to keep it in.
+    pub comm: String,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]

@@ -41,10 +41,28 @@ pub struct PlanProc {
     pub pgid: i32,
     pub sid: i32,
     pub zombie: Option<i32>,
+    /// A zombie whose group is not the one it has when forked (its leader is elsewhere in
+    /// the tree): it joins it before exiting, once every process exists.
+    pub join_group: bool,
+    /// Command name; set by zombies before they exit (live processes get theirs with the core).
+    pub comm: String,
     /// Addresses where the syscall page may go, best first (free in the dumped layout).
     pub scratch_candidates: Vec<u64>,
     pub children: Vec<usize>,
 }
+
+/// The pipes every builder inherits: it reports on one; zombies that must join another
+/// process's group wait on the other until every group leader exists.
+#[derive(Debug, Clone, Copy)]
+struct BuilderFds {
+    report: i32,
+    release: i32,
+}
+
+/// `Report::value` of a zombie that joined its group and is about to exit.
+const JOINED: u64 = u64::MAX;
+/// `Report::value` of a zombie that has its session and group and waits or exits.
+const ZOMBIE_READY: u64 = u64::MAX - 1;
 
 /// One report from a builder: 24 bytes, written atomically on a pipe.
 #[derive(Debug, Clone, Copy)]
@@ -140,7 +158,8 @@ fn clone_with_pid(opts: &CloneOpts<'_>, child: impl Fn() -> i32) -> Result<Pid, 
 }
 
 /// Runs in every new process: session, group, syscall page, children, report, wait.
-fn build(plan: &Plan, idx: usize, report_fd: i32, die_with_parent: bool) -> i32 {
+fn build(plan: &Plan, idx: usize, fds: BuilderFds, die_with_parent: bool) -> i32 {
+    let report_fd = fds.report;
     let me = &plan.procs[idx];
     // A builder dies with its parent until its real pdeath signal is restored; not a detached
     // root, whose parent (an intermediate process) exits at once. The restorer's
@@ -172,7 +191,32 @@ fn build(plan: &Plan, idx: usize, report_fd: i32, die_with_parent: bool) -> i32 
         }
     }
     if let Some(code) = me.zombie {
-        // Become a zombie with the dumped wait status.
+        // Its own session or group exists now: other zombies may join it.
+        write_report(
+            report_fd,
+            Report {
+                pid: me.pid,
+                errno: 0,
+                value: ZOMBIE_READY,
+            },
+        );
+        if me.join_group {
+            // The group's leader may not exist yet: wait for the restorer's go.
+            let _ = sys::syscalls::read_raw(fds.release, &mut [0u8; 1]);
+            let joined = nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(me.pgid));
+            write_report(
+                report_fd,
+                Report {
+                    pid: me.pid,
+                    errno: joined.err().map_or(0, |e| e as i32),
+                    value: JOINED,
+                },
+            );
+        }
+        // Become a zombie with the dumped name and wait status.
+        if let Ok(name) = std::ffi::CString::new(me.comm.as_bytes()) {
+            let _ = nix::sys::prctl::set_name(&name);
+        }
         if code & 0x7f == 0 {
             return (code >> 8) & 0xff;
         }
@@ -199,7 +243,7 @@ fn build(plan: &Plan, idx: usize, report_fd: i32, die_with_parent: bool) -> i32 
             exit_signal: libc::SIGCHLD,
             cgroup_fd: None,
         };
-        if let Err(e) = clone_with_pid(&opts, || build(plan, c, report_fd, true)) {
+        if let Err(e) = clone_with_pid(&opts, || build(plan, c, fds, true)) {
             let errno = match e {
                 SysError::Syscall { source, .. } => source,
                 _ => Errno::EINVAL,
@@ -231,7 +275,12 @@ fn build(plan: &Plan, idx: usize, report_fd: i32, die_with_parent: bool) -> i32 
 pub fn create(plan: &Plan, detach: bool) -> Result<Created, RestoreError> {
     let (report_r, report_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
         .map_err(|e| RestoreError::Tree(format!("pipe2: {e}")))?;
-    let report_fd = report_w.as_raw_fd();
+    let (release_r, release_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| RestoreError::Tree(format!("pipe2: {e}")))?;
+    let fds = BuilderFds {
+        report: report_w.as_raw_fd(),
+        release: release_r.as_raw_fd(),
+    };
     let root = &plan.procs[0];
     let root_tid = [if plan.ns_init { 1 } else { root.pid }];
     let root_opts = CloneOpts {
@@ -250,10 +299,10 @@ pub fn create(plan: &Plan, detach: bool) -> Result<Created, RestoreError> {
                 exit_signal: libc::SIGCHLD,
                 ..Default::default()
             },
-            || match clone_with_pid(&root_opts, || build(plan, 0, report_fd, false)) {
+            || match clone_with_pid(&root_opts, || build(plan, 0, fds, false)) {
                 Ok(pid) => {
                     write_report(
-                        report_fd,
+                        fds.report,
                         Report {
                             pid: -1,
                             errno: 0,
@@ -268,7 +317,7 @@ pub fn create(plan: &Plan, detach: bool) -> Result<Created, RestoreError> {
                         _ => Errno::EINVAL,
                     };
                     write_report(
-                        report_fd,
+                        fds.report,
                         Report {
                             pid: root.pid,
                             errno: errno as i32,
@@ -283,7 +332,7 @@ pub fn create(plan: &Plan, detach: bool) -> Result<Created, RestoreError> {
         let _ = waitpid(mid, None);
         (None, false)
     } else {
-        let pid = clone_with_pid(&root_opts, || build(plan, 0, report_fd, true)).map_err(|e| {
+        let pid = clone_with_pid(&root_opts, || build(plan, 0, fds, true)).map_err(|e| {
             RestoreError::Tree(format!(
                 "cannot create the root process with PID {}: {e}",
                 root.pid
@@ -300,9 +349,11 @@ pub fn create(plan: &Plan, detach: bool) -> Result<Created, RestoreError> {
         released: false,
     };
     let alive: usize = plan.procs.iter().filter(|p| p.zombie.is_none()).count();
+    let zombies = plan.procs.len() - alive;
     let mut scratch: HashMap<i32, u64> = HashMap::new();
+    let mut zombies_ready = 0;
     let deadline = Instant::now() + REPORT_TIMEOUT;
-    while scratch.len() < alive || created.root_host.as_raw() == 0 {
+    while scratch.len() < alive || zombies_ready < zombies || created.root_host.as_raw() == 0 {
         let r = read_report(&report_r, deadline)?;
         if r.errno != 0 {
             if created.root_host.as_raw() == 0 {
@@ -323,10 +374,29 @@ pub fn create(plan: &Plan, detach: bool) -> Result<Created, RestoreError> {
         }
         if r.pid == -1 {
             created.root_host = Pid::from_raw(r.value as i32);
+        } else if r.value == ZOMBIE_READY {
+            zombies_ready += 1;
         } else {
             scratch.insert(r.pid, r.value);
         }
     }
+    // Every process exists now with its own session and group, zombies included: the zombies
+    // that join another leader's group may do so and exit.
+    let joiners = plan.procs.iter().filter(|p| p.join_group).count();
+    if joiners > 0 {
+        sys::syscalls::write_raw(release_w.as_raw_fd(), &vec![0u8; joiners])?;
+        for _ in 0..joiners {
+            let r = read_report(&report_r, deadline)?;
+            if r.errno != 0 || r.value != JOINED {
+                return Err(RestoreError::Tree(format!(
+                    "zombie {} cannot join process group: {}",
+                    r.pid,
+                    Errno::from_raw(r.errno).desc()
+                )));
+            }
+        }
+    }
+    drop((release_r, release_w));
     // Host PIDs: the same numbers unless a new PID namespace was made; then found through
     // NSpid walking down from the root.
     let host_of = if plan.ns_init {
@@ -339,6 +409,11 @@ pub fn create(plan: &Plan, detach: bool) -> Result<Created, RestoreError> {
     };
     for p in &plan.procs {
         if p.zombie.is_some() {
+            if p.join_group {
+                if let Some(h) = host_of.get(&p.pid) {
+                    wait_zombie(*h, deadline)?;
+                }
+            }
             continue;
         }
         let host = *host_of.get(&p.pid).ok_or_else(|| {
@@ -351,6 +426,22 @@ pub fn create(plan: &Plan, detach: bool) -> Result<Created, RestoreError> {
         });
     }
     Ok(created)
+}
+
+/// Waits until `pid` has exited (a zombie of its paused parent).
+fn wait_zombie(pid: Pid, deadline: Instant) -> Result<(), RestoreError> {
+    loop {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        if stat.rfind(") ").and_then(|i| stat[i + 2..].chars().next()) == Some('Z') {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(RestoreError::Tree(format!(
+                "zombie {pid} did not exit in time"
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
 }
 
 fn read_report(fd: &OwnedFd, deadline: Instant) -> Result<Report, RestoreError> {
@@ -422,6 +513,8 @@ pub fn plan(pstree: &PstreeImage, layouts: &HashMap<i32, Vec<(u64, u64)>>) -> Pl
                 ProcState::Zombie { exit_code } => Some(exit_code),
                 ProcState::Alive => None,
             },
+            join_group: false,
+            comm: p.comm.clone(),
             scratch_candidates: scratch_candidates(
                 layouts.get(&p.pid).map(|v| v.as_slice()).unwrap_or(&[]),
             ),
@@ -432,6 +525,23 @@ pub fn plan(pstree: &PstreeImage, layouts: &HashMap<i32, Vec<(u64, u64)>>) -> Pl
         if let Some(&parent) = index.get(&procs[i].ppid) {
             procs[parent].children.push(i);
         }
+    }
+    // The group each builder has right after fork (parents come first): its own if it leads
+    // a session or group, else its parent's. Live processes move later by remote setpgid.
+    let mut forked_pgid: Vec<i32> = Vec::with_capacity(procs.len());
+    for (i, p) in procs.iter().enumerate() {
+        let g = if p.sid == p.pid || p.pgid == p.pid {
+            p.pid
+        } else {
+            index
+                .get(&p.ppid)
+                .filter(|&&j| j < i)
+                .map_or(p.pgid, |&j| forked_pgid[j])
+        };
+        forked_pgid.push(g);
+    }
+    for (p, g) in procs.iter_mut().zip(forked_pgid) {
+        p.join_group = p.zombie.is_some() && p.pgid != g;
     }
     Plan {
         procs,

@@ -205,6 +205,16 @@ pub fn write_raw(fd: i32, data: &[u8]) -> Result<usize> {
         .map_err(sys_err("write"))
 }
 
+/// `read(2)` on a descriptor number the caller knows to be open (see [`write_raw`]).
+pub fn read_raw(fd: i32, buf: &mut [u8]) -> Result<usize> {
+    // SAFETY: the kernel writes at most buf.len() bytes into `buf`, which is ours; an fd that
+    // is not open makes the call fail with EBADF.
+    let r = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+    Errno::result(r)
+        .map(|n| n as usize)
+        .map_err(sys_err("read"))
+}
+
 /// `fcntl(F_DUPFD_CLOEXEC)`: a duplicate of `fd` at the lowest free number >= `min`.
 pub fn dup_at_least(fd: impl AsFd, min: i32) -> Result<OwnedFd> {
     let r = nix::fcntl::fcntl(fd.as_fd(), nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(min))
