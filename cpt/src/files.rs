@@ -74,7 +74,16 @@ impl FilesDumper {
             let desc = match self.find_shared(pid, fd, key)? {
                 Some(id) => id,
                 None => {
-                    let kind = self.kind_of(pid, fd, &target, &meta)?;
+                    // A separate open of an unlinked inode already saved: refer to it.
+                    let alias = if meta.file_type().is_file() && target.ends_with(" (deleted)") {
+                        self.by_inode.get(&key).and_then(|v| v.first()).map(|h| h.0)
+                    } else {
+                        None
+                    };
+                    let kind = match alias {
+                        Some(of) => FileKind::UnlinkedAlias { of },
+                        None => self.kind_of(pid, fd, &target, &meta)?,
+                    };
                     let id = self.descs.len() as u32;
                     self.descs.push(FileDesc {
                         id,

@@ -51,6 +51,11 @@ pub enum FileKind {
         path: String,
         pipe_id: u64,
     },
+    /// Another description (a separate open) of the unlinked file whose contents are saved
+    /// with description `of`: the same inode, so restore reopens that one, never a copy.
+    UnlinkedAlias {
+        of: u32,
+    },
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]

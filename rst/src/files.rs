@@ -62,14 +62,27 @@ pub fn prepare(
                 unlinked_contents,
             } => {
                 if let Some(contents) = unlinked_contents {
-                    // Recreate the unlinked file beside where it was, open it, unlink it again.
-                    let tmp = format!("{path}.vzcpt-restore-{}", std::process::id());
-                    let mut f = std::fs::OpenOptions::new()
-                        .write(true)
-                        .create_new(true)
-                        .mode(*mode & 0o7777)
-                        .open(&tmp)
-                        .map_err(|e| err(d.id, &format!("recreate unlinked {path} as {tmp}"), e))?;
+                    // Recreate the unlinked file under its own name when that is free, so that
+                    // /proc/PID/fd/N reads "PATH (deleted)" as it did when dumped; else beside
+                    // it. Open it, unlink it again.
+                    let create = |p: &str| {
+                        std::fs::OpenOptions::new()
+                            .write(true)
+                            .create_new(true)
+                            .mode(*mode & 0o7777)
+                            .open(p)
+                    };
+                    let (mut f, tmp) = match create(path) {
+                        Ok(f) => (f, path.clone()),
+                        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                            let tmp = format!("{path}.vzcpt-restore-{}", std::process::id());
+                            let f = create(&tmp).map_err(|e| {
+                                err(d.id, &format!("recreate unlinked {path} as {tmp}"), e)
+                            })?;
+                            (f, tmp)
+                        }
+                        Err(e) => return Err(err(d.id, &format!("recreate unlinked {path}"), e)),
+                    };
                     f.write_all(contents)
                         .map_err(|e| err(d.id, "write unlinked contents", e))?;
                     let _ = std::fs::set_permissions(
@@ -84,6 +97,25 @@ pub fn prepare(
                     open_path(path, acc | status)
                         .map_err(|e| err(d.id, &format!("open {path}"), e))?
                 }
+            }
+            FileKind::UnlinkedAlias { of } => {
+                // A new description of the inode recreated for description `of` (the magic
+                // link of a deleted file still opens it).
+                let first: &OwnedFd = descs.get(of).ok_or_else(|| {
+                    err(
+                        d.id,
+                        "unlinked file",
+                        format!("description {of} is not restored yet"),
+                    )
+                })?;
+                let link = format!("/proc/self/fd/{}", first.as_raw_fd());
+                open_path(&link, acc | status).map_err(|e| {
+                    err(
+                        d.id,
+                        &format!("reopen unlinked file of description {of}"),
+                        e,
+                    )
+                })?
             }
             FileKind::Directory { path } => open_path(path, acc | status | libc::O_DIRECTORY)
                 .map_err(|e| err(d.id, &format!("open directory {path}"), e))?,
@@ -145,7 +177,7 @@ pub fn prepare(
         .map_err(|e| err(d.id, "F_SETFL", e))?;
         if matches!(
             d.kind,
-            FileKind::Regular { .. } | FileKind::Directory { .. }
+            FileKind::Regular { .. } | FileKind::Directory { .. } | FileKind::UnlinkedAlias { .. }
         ) && d.pos != 0
         {
             lseek(fd.as_fd(), d.pos as i64, Whence::SeekSet).map_err(|e| err(d.id, "lseek", e))?;
