@@ -116,8 +116,6 @@ pub fn dump_process(p: &SeizedProcess) -> Result<(ProcessCore, RemoteFacts), Dum
         &dir.read("status")
             .map_err(io("read", dir.0.join("status")))?,
     );
-    let sigcgt = status_hex(&status, "SigCgt").unwrap_or(0);
-    let sigign = status_hex(&status, "SigIgn").unwrap_or(0);
 
     let mut remote = RemoteTask::at_rip(p.pid)?;
     let result = (|| {
@@ -138,8 +136,9 @@ pub fn dump_process(p: &SeizedProcess) -> Result<(ProcessCore, RemoteFacts), Dum
             .map(|(a, _)| a + SCRATCH_DATA_OFFSET)
             .unwrap_or(0);
         for sig in 1..=64u64 {
-            let bit = 1u64 << (sig - 1);
-            if sig == 9 || sig == 19 || ((sigcgt | sigign) & bit == 0 && sig != 17) {
+            // Every signal: a SIG_DFL disposition has flags, mask and restorer too (glibc's
+            // sigaction() sets SA_RESTORER; sigaction(NULL, &old) reports flags and mask).
+            if sig == 9 || sig == 19 {
                 continue;
             }
             let off = out(32);

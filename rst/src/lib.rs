@@ -306,9 +306,11 @@ fn restore_one(
     for (i, (t, tid)) in core.threads.iter().zip(&tids).enumerate() {
         if i == 0 {
             task::restore_thread_state(&mut rt, t)?;
+            task::requeue_thread_signals(&mut rt, t, p.pid)?;
         } else {
             let mut sib = rt.sibling(*tid)?;
             task::restore_thread_state(&mut sib, t)?;
+            task::requeue_thread_signals(&mut sib, t, p.pid)?;
             task::restore_creds(&mut sib, &core.creds, None)?;
             sib.finish_with(&ptrace::get_regs(*tid)?)?;
         }

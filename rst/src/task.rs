@@ -266,8 +266,8 @@ pub fn restore_thread_state(rt: &mut RemoteTask, t: &ThreadCore) -> Result<(), R
     check_all(&calls, &results, t.tid)
 }
 
-/// Queues the dumped pending signals again (from the main thread: the kernel lets a task
-/// queue any siginfo to itself). One batch.
+/// Queues the dumped shared pending signals again, from the main thread (the kernel lets a
+/// task queue any siginfo to its own thread group). One batch.
 pub fn requeue_signals(
     rt: &mut RemoteTask,
     core: &ProcessCore,
@@ -283,18 +283,30 @@ pub fn requeue_signals(
             &[tgid as u64, s.signo as u64, addr],
         ));
     }
-    for t in &core.threads {
-        for s in &t.pending {
-            let addr = a.put(rt, &s.raw)?;
-            calls.push(Call::new(
-                "rt_tgsigqueueinfo",
-                libc::SYS_rt_tgsigqueueinfo,
-                &[tgid as u64, t.tid as u64, s.signo as u64, addr],
-            ));
-        }
-    }
     let results = rt.batch_raw(&calls)?;
     check_all(&calls, &results, tgid)
+}
+
+/// Queues one thread's private pending signals again, from that thread itself:
+/// rt_tgsigqueueinfo() refuses a siginfo with si_code >= 0 (kill, kernel) or SI_TKILL (tgkill)
+/// with EPERM unless the target is the calling thread. One batch.
+pub fn requeue_thread_signals(
+    rt: &mut RemoteTask,
+    t: &ThreadCore,
+    tgid: i32,
+) -> Result<(), RestoreError> {
+    let mut a = Arena::new();
+    let mut calls = Vec::new();
+    for s in &t.pending {
+        let addr = a.put(rt, &s.raw)?;
+        calls.push(Call::new(
+            "rt_tgsigqueueinfo",
+            libc::SYS_rt_tgsigqueueinfo,
+            &[tgid as u64, t.tid as u64, s.signo as u64, addr],
+        ));
+    }
+    let results = rt.batch_raw(&calls)?;
+    check_all(&calls, &results, t.tid)
 }
 
 /// Credentials of one thread, when they differ from the restorer's (root with every

@@ -132,7 +132,16 @@ impl Drop for Created {
         }
         let _ = kill(self.root_host, Signal::SIGKILL);
         if self.root_is_child {
-            let _ = waitpid(self.root_host, Some(WaitPidFlag::__WALL));
+            // The root's other threads are still traced by the restorer: each dead one stays a
+            // zombie until its tracer reaps it, and the group leader cannot be reaped before
+            // them. waitpid(root) alone would block forever; reap everything until the root.
+            loop {
+                match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::__WALL)) {
+                    Ok(st) if st.pid() == Some(self.root_host) => break,
+                    Ok(_) | Err(Errno::EINTR) => continue,
+                    Err(_) => break,
+                }
+            }
         }
     }
 }
