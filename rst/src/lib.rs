@@ -311,12 +311,12 @@ fn restore_one(
             let mut sib = rt.sibling(*tid)?;
             task::restore_thread_state(&mut sib, t)?;
             task::requeue_thread_signals(&mut sib, t, p.pid)?;
-            task::restore_creds(&mut sib, &core.creds, None)?;
+            task::restore_creds(&mut sib, &core.creds, None, core.no_new_privs)?;
             sib.finish_with(&ptrace::get_regs(*tid)?)?;
         }
     }
     task::requeue_signals(&mut rt, core, p.pid)?;
-    task::restore_creds(&mut rt, &core.creds, Some(core))?;
+    task::restore_creds(&mut rt, &core.creds, Some(core), core.no_new_privs)?;
     // The syscall page goes last; the task runs no instruction from it after this munmap.
     rt.syscall_ok(
         "munmap",

@@ -79,13 +79,22 @@ pub fn restore_process_state(
         if t.value_us == 0 && t.interval_us == 0 {
             continue;
         }
+        // An ITIMER_REAL that expired reads value 0 until its SIGALRM (dumped as pending) is
+        // dequeued, when the kernel re-arms it; setitimer() with value 0 would disarm it and
+        // lose the interval. Arm it to expire at once instead: the signal merges with the
+        // requeued one and the timer is re-armed at dequeue, as in the dumped task.
+        let value_us = if which == 0 && t.value_us == 0 {
+            1
+        } else {
+            t.value_us
+        };
         let addr = a.words(
             rt,
             &[
                 t.interval_us / 1_000_000,
                 t.interval_us % 1_000_000,
-                t.value_us / 1_000_000,
-                t.value_us % 1_000_000,
+                value_us / 1_000_000,
+                value_us % 1_000_000,
             ],
         )?;
         calls.push(Call::new(
@@ -318,6 +327,7 @@ pub fn restore_creds(
     rt: &mut RemoteTask,
     c: &Creds,
     after: Option<&ProcessCore>,
+    no_new_privs: bool,
 ) -> Result<(), RestoreError> {
     let me = std::fs::read_to_string(format!("/proc/{}/status", rt.tid())).unwrap_or_default();
     let field = |k: &str| {
@@ -364,19 +374,29 @@ pub fn restore_creds(
         ));
     }
     let ids_changed = nums("Uid:") != c.uids || nums("Gid:") != c.gids;
+    // PR_SET_SECUREBITS needs CAP_SETPCAP in the effective set, and setfsuid() to an id that is
+    // none of the new real/effective/saved uids needs CAP_SETUID: both are gone once a uid
+    // change has cleared the effective set (the dumped set may hold neither). So the uid change
+    // runs with SECBIT_NO_SETUID_FIXUP (the effective set stays whole), the inheritable set and
+    // the ambient set are raised while everything is still permitted, the dumped securebits are
+    // set while CAP_SETPCAP is still effective, and capset() reduces the sets last.
+    const SECBIT_NO_SETUID_FIXUP: u64 = 1 << 2;
+    const SECBIT_KEEP_CAPS: u64 = 1 << 4;
     if ids_changed {
         let (g, u) = (c.gids.map(u64::from), c.uids.map(u64::from));
+        calls.push(prctl(
+            "prctl(PR_SET_SECUREBITS)",
+            &[
+                libc::PR_SET_SECUREBITS as u64,
+                SECBIT_KEEP_CAPS | SECBIT_NO_SETUID_FIXUP,
+            ],
+        ));
         calls.push(Call::new(
             "setresgid",
             libc::SYS_setresgid,
             &[g[0], g[1], g[2]],
         ));
         calls.push(Call::new("setfsgid", libc::SYS_setfsgid, &[g[3]]));
-        // Keep capabilities across the uid change; they are set exactly right after.
-        calls.push(prctl(
-            "prctl(PR_SET_KEEPCAPS)",
-            &[libc::PR_SET_KEEPCAPS as u64, 1],
-        ));
         calls.push(Call::new(
             "setresuid",
             libc::SYS_setresuid,
@@ -384,23 +404,32 @@ pub fn restore_creds(
         ));
         calls.push(Call::new("setfsuid", libc::SYS_setfsuid, &[u[3]]));
     }
-    if ids_changed
-        || hex("CapEff:") != c.cap_effective
-        || hex("CapPrm:") != c.cap_permitted
-        || hex("CapInh:") != c.cap_inheritable
-    {
-        // __user_cap_header_struct { _LINUX_CAPABILITY_VERSION_3, pid 0 }, then two
-        // __user_cap_data_struct { effective, permitted, inheritable } (low 32 bits, high 32 bits).
+    // __user_cap_header_struct { _LINUX_CAPABILITY_VERSION_3, pid 0 }, then two
+    // __user_cap_data_struct { effective, permitted, inheritable } (low 32 bits, high 32 bits).
+    let mut capset = |rt: &mut RemoteTask, eff: u64, prm: u64, inh: u64| {
         let mut b = Vec::with_capacity(32);
         b.extend_from_slice(&0x2008_0522u32.to_le_bytes());
         b.extend_from_slice(&0u32.to_le_bytes());
         for half in [0, 32] {
-            for v in [c.cap_effective, c.cap_permitted, c.cap_inheritable] {
+            for v in [eff, prm, inh] {
                 b.extend_from_slice(&((v >> half) as u32).to_le_bytes());
             }
         }
         let hdr = a.put(rt, &b)?;
-        calls.push(Call::new("capset", libc::SYS_capset, &[hdr, hdr + 8]));
+        Ok::<_, RestoreError>(Call::new("capset", libc::SYS_capset, &[hdr, hdr + 8]))
+    };
+    let caps_change = ids_changed
+        || hex("CapEff:") != c.cap_effective
+        || hex("CapPrm:") != c.cap_permitted
+        || hex("CapInh:") != c.cap_inheritable;
+    if c.cap_ambient != 0 && hex("CapInh:") != c.cap_inheritable {
+        // PR_CAP_AMBIENT_RAISE needs the capability both permitted and inheritable.
+        calls.push(capset(
+            rt,
+            hex("CapEff:"),
+            hex("CapPrm:"),
+            c.cap_inheritable,
+        )?);
     }
     for cap in 0..=last_cap {
         if c.cap_ambient & (1 << cap) != 0 {
@@ -414,11 +443,25 @@ pub fn restore_creds(
             ));
         }
     }
-    let bits_changed = ids_changed || c.securebits != 0;
-    if bits_changed {
+    if ids_changed || c.securebits != 0 {
         calls.push(prctl(
             "prctl(PR_SET_SECUREBITS)",
             &[libc::PR_SET_SECUREBITS as u64, c.securebits as u64],
+        ));
+    }
+    if caps_change {
+        calls.push(capset(
+            rt,
+            c.cap_effective,
+            c.cap_permitted,
+            c.cap_inheritable,
+        )?);
+    }
+    if no_new_privs {
+        // Per thread: every thread of the process gets it.
+        calls.push(prctl(
+            "prctl(PR_SET_NO_NEW_PRIVS)",
+            &[libc::PR_SET_NO_NEW_PRIVS as u64, 1, 0, 0, 0],
         ));
     }
     if let Some(core) = after {
@@ -430,12 +473,6 @@ pub fn restore_creds(
             calls.push(prctl(
                 "prctl(PR_SET_DUMPABLE)",
                 &[libc::PR_SET_DUMPABLE as u64, core.dumpable as u64],
-            ));
-        }
-        if core.no_new_privs {
-            calls.push(prctl(
-                "prctl(PR_SET_NO_NEW_PRIVS)",
-                &[libc::PR_SET_NO_NEW_PRIVS as u64, 1, 0, 0, 0],
             ));
         }
     }
