@@ -26,6 +26,7 @@ pub mod error;
 pub mod header;
 pub mod inventory;
 pub mod kind;
+pub mod pagebuf;
 pub mod pagestore;
 
 pub mod core;
@@ -44,6 +45,7 @@ pub use error::{FormatError, Result};
 pub use header::{FileHeader, HEADER_LEN};
 pub use inventory::Inventory;
 pub use kind::ImageKind;
+pub use pagebuf::PageBuf;
 pub use pagestore::{
     ChunkDesc, PageLoc, PageStoreIndex, PageStoreReader, PageStoreWriter, CHUNK_SIZE,
 };

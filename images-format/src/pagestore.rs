@@ -26,6 +26,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{FormatError, Result};
 use crate::header::{FileHeader, HEADER_LEN};
 use crate::kind::ImageKind;
+use crate::pagebuf::PageBuf;
 use crate::PAGE_SIZE;
 
 /// Most raw bytes in one chunk.
@@ -79,7 +80,8 @@ pub struct PageStoreWriter {
     file: File,
     /// The current chunk: always `CHUNK_SIZE` long, filled up to `fill`. Not cleared between
     /// chunks (bytes handed out by `append_with` hold stale data until the caller fills them).
-    buf: Vec<u8>,
+    /// Page-aligned: the kernel copies it into the page cache faster than an unaligned one.
+    buf: PageBuf,
     fill: usize,
     chunks: Vec<ChunkDesc>,
     /// End of the last chunk written (file offset).
@@ -147,7 +149,7 @@ impl PageStoreWriter {
         Ok(PageStoreWriter {
             path: path.to_path_buf(),
             file,
-            buf: vec![0u8; CHUNK_SIZE],
+            buf: PageBuf::new(CHUNK_SIZE)?,
             fill: 0,
             chunks: Vec::new(),
             end: DATA_START,
@@ -292,6 +294,17 @@ impl Source {
     /// Reads the stored bytes of `d` into `out`, reusing its allocation.
     fn stored_into(&self, d: &ChunkDesc, path: &Path, out: &mut Vec<u8>) -> Result<()> {
         out.resize(d.stored_len as usize, 0);
+        self.read_at(d, path, out)
+    }
+
+    /// Reads the stored bytes of `d` into `out[..stored_len]`.
+    fn read_at(&self, d: &ChunkDesc, path: &Path, out: &mut [u8]) -> Result<()> {
+        let have = out.len();
+        let out = out
+            .get_mut(..d.stored_len as usize)
+            .ok_or_else(|| FormatError::InvalidUse {
+                reason: format!("a {have}-byte buffer for a {}-byte chunk", d.stored_len),
+            })?;
         self.file
             .read_exact_at(out, d.file_offset)
             .map_err(|e| FormatError::io("read", path, e))
@@ -403,13 +416,14 @@ impl PageStoreReader {
 
     /// Reads chunk `i`, verifies its crc32 and decompresses it; returns its raw bytes.
     pub fn chunk(&self, i: u32) -> Result<Vec<u8>> {
-        let mut out = Vec::new();
-        self.chunk_into(i, &mut out)?;
-        Ok(out)
+        let mut buf = PageBuf::new(CHUNK_SIZE)?;
+        let n = self.chunk_into(i, &mut buf)?;
+        Ok(buf[..n].to_vec())
     }
 
-    /// Like [`chunk`](Self::chunk), into `out` (replacing its contents; reusing its buffer).
-    pub fn chunk_into(&self, i: u32, out: &mut Vec<u8>) -> Result<()> {
+    /// Like [`chunk`](Self::chunk), into `out` (at least [`CHUNK_SIZE`] bytes, page-aligned so
+    /// that `process_vm_writev` from it copies aligned pages); returns the chunk's length.
+    pub fn chunk_into(&self, i: u32, out: &mut PageBuf) -> Result<usize> {
         let Some(d) = self.chunks.get(i as usize) else {
             return Err(FormatError::NoSuchChunk {
                 file: self.path.clone(),
@@ -431,42 +445,43 @@ impl PageStoreReader {
                 })
             }
         };
+        let raw_len = d.raw_len as usize;
         if !d.compressed {
             // Raw chunks go straight into the caller's buffer: one copy, no fresh allocation.
-            self.src.stored_into(d, &self.path, out)?;
+            self.src.read_at(d, &self.path, out)?;
             if !verified {
-                check(out)?;
+                check(&out[..raw_len])?;
             }
-            return Ok(());
+            return Ok(raw_len);
         }
         let stored = self.src.stored(d, &self.path)?;
         check(&stored)?;
-        out.clear();
-        let raw_len = d.raw_len as usize;
         let bad = |reason: String| FormatError::ChunkDecompress {
             file: self.path.clone(),
             index: i,
             reason,
         };
-        // The output holds at least raw_len bytes (no allocation beyond that); anything but
-        // exactly raw_len bytes out is an error.
-        let mut dst = std::mem::take(out);
-        dst.reserve_exact(raw_len);
+        // At most raw_len bytes may come out (the buffer is cut there); anything but exactly
+        // raw_len bytes is an error.
+        let dst = out
+            .get_mut(..raw_len)
+            .ok_or_else(|| FormatError::InvalidUse {
+                reason: format!("a buffer smaller than chunk {i} ({raw_len} bytes)"),
+            })?;
         let n = zstd::bulk::Decompressor::new()
-            .and_then(|mut z| z.decompress_to_buffer(&stored[..], &mut dst))
+            .and_then(|mut z| z.decompress_to_buffer(&stored[..], dst))
             .map_err(|e| bad(e.to_string()))?;
         if n != raw_len {
             return Err(bad(format!(
                 "it decompressed to {n} bytes, the index says {raw_len}"
             )));
         }
-        *out = dst;
-        Ok(())
+        Ok(raw_len)
     }
 
     /// Reads and verifies every chunk (for `vzcpt verify`).
     pub fn verify_all(&self) -> Result<()> {
-        let mut buf = Vec::new();
+        let mut buf = PageBuf::new(CHUNK_SIZE)?;
         for i in 0..self.chunks.len() {
             // The index length was < 2^32 chunks when written; larger indexes fail here.
             let i = u32::try_from(i).map_err(|_| FormatError::InvalidUse {

@@ -152,7 +152,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
             "descriptor {max_fd} is above what RLIMIT_NOFILE ({limit}) allows here"
         )));
     }
-    let mut chunks = memory::ChunkCache::new(&store);
+    let mut chunks = memory::ChunkCache::new(&store)?;
     let shmem = memory::prepare_shmem(&img.mm.shmem, &img.pagemap.entries, &mut chunks, fd_base)?;
     let prepared = files::prepare(&img.files, &img.pipes, fd_base)?;
 

@@ -11,8 +11,8 @@ use std::io::IoSlice;
 use std::os::fd::{AsRawFd, OwnedFd};
 
 use images_format::mm::{PageOwner, PagemapEntry, ProcessMm, ShmemObject, VmaKind};
-use images_format::pagestore::PageStoreReader;
-use images_format::PAGE_SIZE;
+use images_format::pagestore::{PageStoreReader, CHUNK_SIZE};
+use images_format::{PageBuf, PAGE_SIZE};
 use nix::sys::uio::{process_vm_writev, RemoteIoVec};
 use sys::remote::{Call, RemoteTask};
 
@@ -32,25 +32,27 @@ const PR_SET_MM_MAP: u64 = 14;
 pub struct ChunkCache<'a> {
     store: &'a PageStoreReader,
     index: u32,
-    data: Vec<u8>,
+    data: PageBuf,
+    len: usize,
 }
 
 impl<'a> ChunkCache<'a> {
-    pub fn new(store: &'a PageStoreReader) -> Self {
-        Self {
+    pub fn new(store: &'a PageStoreReader) -> Result<Self, RestoreError> {
+        Ok(Self {
             store,
             index: u32::MAX,
-            data: Vec::new(),
-        }
+            data: PageBuf::new(CHUNK_SIZE)?,
+            len: 0,
+        })
     }
 
     pub fn get(&mut self, i: u32) -> Result<&[u8], RestoreError> {
         if self.index != i {
             self.index = u32::MAX;
-            self.store.chunk_into(i, &mut self.data)?;
+            self.len = self.store.chunk_into(i, &mut self.data)?;
             self.index = i;
         }
-        Ok(&self.data)
+        Ok(&self.data[..self.len])
     }
 }
 
@@ -436,14 +438,14 @@ fn write_pages(
         let workers: Vec<_> = (0..2)
             .map(|_| {
                 scope.spawn(move || -> Result<(), RestoreError> {
-                    let mut buf = Vec::new();
+                    let mut buf = PageBuf::new(CHUNK_SIZE)?;
                     loop {
                         let k = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         let Some(g) = groups.get(k) else {
                             return Ok(());
                         };
-                        store.chunk_into(g[0].loc.chunk, &mut buf)?;
-                        write_group(host_pid, pid, g, &buf)?;
+                        let n = store.chunk_into(g[0].loc.chunk, &mut buf)?;
+                        write_group(host_pid, pid, g, &buf[..n])?;
                     }
                 })
             })
