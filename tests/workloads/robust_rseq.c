@@ -424,16 +424,7 @@ int main(void)
     start(&t_manual, &p_manual, manual_main);
     wl_ready();
     for (;;) {
-        if (wl_poll()) {
-            char why[1024];
-            if (check(why, sizeof(why))) {
-                fprintf(stderr, "robust_rseq: check %ld PASS\n", wl_answered);
-                wl_pass();
-            } else {
-                fprintf(stderr, "robust_rseq: check %ld FAIL: %s\n", wl_answered, why);
-                wl_fail("%s", why);
-            }
-        }
+        wl_answer_check("robust_rseq", check);
         wl_nap();
     }
 }

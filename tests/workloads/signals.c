@@ -796,16 +796,7 @@ int main(void)
             T2_ALT_SIZE, (unsigned long long)rec_main.ign, (unsigned long long)rec_main.cgt);
     wl_ready();
     for (;;) {
-        if (wl_poll()) {
-            char why[1024];
-            if (check(why, sizeof(why))) {
-                fprintf(stderr, "signals: check %ld PASS\n", wl_answered);
-                wl_pass();
-            } else {
-                fprintf(stderr, "signals: check %ld FAIL: %s\n", wl_answered, why);
-                wl_fail("%s", why);
-            }
-        }
+        wl_answer_check("signals", check);
         wl_nap();
     }
 }

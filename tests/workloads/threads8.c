@@ -202,16 +202,7 @@ int main(int argc, char **argv)
                 (void *)workers[i].tls_addr, (unsigned long long)workers[i].tls_expected);
     wl_ready();
     for (;;) {
-        if (wl_poll()) {
-            char why[1024];
-            if (check(why, sizeof(why))) {
-                fprintf(stderr, "threads8: check %ld PASS\n", wl_answered);
-                wl_pass();
-            } else {
-                fprintf(stderr, "threads8: check %ld FAIL: %s\n", wl_answered, why);
-                wl_fail("%s", why);
-            }
-        }
+        wl_answer_check("threads8", check);
         wl_nap();
     }
 }

@@ -24,13 +24,13 @@
 static char wl_ctl[4096];
 static long wl_answered = 0; /* sequence number of the last check answered */
 
-static const char *wl_path(const char *name, char *buf, size_t n)
+static inline const char *wl_path(const char *name, char *buf, size_t n)
 {
     snprintf(buf, n, "%s/%s", wl_ctl, name);
     return buf;
 }
 
-static void wl_write_file(const char *name, const char *text)
+static inline void wl_write_file(const char *name, const char *text)
 {
     char tmp[4200], dst[4200];
     snprintf(tmp, sizeof(tmp), "%s/.%s.%d", wl_ctl, name, getpid());
@@ -44,17 +44,17 @@ static void wl_write_file(const char *name, const char *text)
 }
 
 /* Call first: reads $VZCPT_CTL. */
-static void wl_init(void)
+static inline void wl_init(void)
 {
     const char *c = getenv("VZCPT_CTL");
     if (!c) { fprintf(stderr, "wl: VZCPT_CTL is not set\n"); exit(2); }
     snprintf(wl_ctl, sizeof(wl_ctl), "%s", c);
 }
 
-static void wl_ready(void) { wl_write_file("ready", "ready\n"); }
+static inline void wl_ready(void) { wl_write_file("ready", "ready\n"); }
 
 /* 1 when a new check is requested. The check file holds its sequence number. */
-static int wl_poll(void)
+static inline int wl_poll(void)
 {
     char p[4200], buf[64] = {0};
     int fd = open(wl_path("check", p, sizeof(p)), O_RDONLY | O_CLOEXEC);
@@ -68,16 +68,16 @@ static int wl_poll(void)
     return 1;
 }
 
-static void wl_answer(const char *text)
+static inline void wl_answer(const char *text)
 {
     char buf[8192];
     snprintf(buf, sizeof(buf), "%ld %s\n", wl_answered, text);
     wl_write_file("result", buf);
 }
 
-static void wl_pass(void) { wl_answer("PASS"); }
+static inline void wl_pass(void) { wl_answer("PASS"); }
 
-static void wl_fail(const char *fmt, ...)
+static inline void wl_fail(const char *fmt, ...)
 {
     char msg[4096], out[4200];
     va_list ap;
@@ -88,14 +88,30 @@ static void wl_fail(const char *fmt, ...)
     wl_answer(out);
 }
 
+/* Runs `check` (1 = pass, else `why` says what failed) when a check is requested, answers
+ * it and logs the verdict to stderr as "<name>: check N PASS|FAIL: why". */
+static inline void wl_answer_check(const char *name, int (*check)(char *why, size_t len))
+{
+    if (!wl_poll())
+        return;
+    char why[1024] = "";
+    if (check(why, sizeof(why))) {
+        fprintf(stderr, "%s: check %ld PASS\n", name, wl_answered);
+        wl_pass();
+    } else {
+        fprintf(stderr, "%s: check %ld FAIL: %s\n", name, wl_answered, why);
+        wl_fail("%s", why);
+    }
+}
+
 /* Sleep a little between polls (10 ms): the workload is often dumped inside this nanosleep. */
-static void wl_nap(void)
+static inline void wl_nap(void)
 {
     struct timespec ts = {0, 10 * 1000 * 1000};
     nanosleep(&ts, NULL);
 }
 
-static double wl_now(void)
+static inline double wl_now(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);

@@ -542,16 +542,7 @@ int main(void)
     wl_ready();
     for (;;) {
         main_verify();
-        if (wl_poll()) {
-            char why[1024];
-            if (check(why, sizeof(why))) {
-                fprintf(stderr, "xsave: check %ld PASS\n", wl_answered);
-                wl_pass();
-            } else {
-                fprintf(stderr, "xsave: check %ld FAIL: %s\n", wl_answered, why);
-                wl_fail("%s", why);
-            }
-        }
+        wl_answer_check("xsave", check);
         wl_nap();
     }
 }

@@ -278,16 +278,7 @@ int main(void)
             z2_st.exit_code, live, live_st.pgrp);
     wl_ready();
     for (;;) {
-        if (wl_poll()) {
-            char why[1024];
-            if (check(why, sizeof(why))) {
-                fprintf(stderr, "zombie: check %ld PASS\n", wl_answered);
-                wl_pass();
-            } else {
-                fprintf(stderr, "zombie: check %ld FAIL: %s\n", wl_answered, why);
-                wl_fail("%s", why);
-            }
-        }
+        wl_answer_check("zombie", check);
         wl_nap();
     }
 }
