@@ -1,6 +1,7 @@
 //! Nothing is lost when a dump or a restore fails: a failed dump leaves the tree running as it
 //! was (not stopped, not traced, same signal mask, cgroup thawed) and no image behind; a failed
-//! restore leaves no process it created.
+//! restore leaves no process it created. And a restore in the foreground ends as its root
+//! does: it exits with the root's status (128 + signal when killed).
 //!
 //! Each trial is a bash script run as PID 1 of its own PID namespace, so whatever it starts
 //! dies with it. The script prints `OK` last; any other end is a failure with its output.
@@ -90,6 +91,25 @@ after=$(others | sort)
 echo OK
 "#;
 
+/// `vzcpt restore` without `--detach` waits for the root and exits with its status.
+const RESTORE_EXIT_STATUS: &str = r#"
+bash -c 'sleep 1; exit 7' &
+P=$!
+sleep 0.3
+"$VZCPT" dump -t $P -D "$WORK/img1" || fail "dump"
+wait $P 2>/dev/null
+"$VZCPT" restore -D "$WORK/img1"; rc=$?
+[ $rc = 7 ] || fail "restore exited with $rc, the root exited with 7"
+bash -c 'sleep 1; kill -TERM $$' &
+P=$!
+sleep 0.3
+"$VZCPT" dump -t $P -D "$WORK/img2" || fail "dump"
+wait $P 2>/dev/null
+"$VZCPT" restore -D "$WORK/img2"; rc=$?
+[ $rc = 143 ] || fail "restore exited with $rc, the root was killed by SIGTERM (143)"
+echo OK
+"#;
+
 fn run_script(name: &str, body: &str, env: &[(&str, String)]) -> Result<(), Failed> {
     let vzcpt = tests::paths::vzcpt().map_err(|e| Failed::from(format!("{e:#}")))?;
     let work = tests::paths::profile_dir()
@@ -154,6 +174,11 @@ fn main() {
         (
             "restore_failing_midway_kills_what_it_created",
             RESTORE_FAILS_MIDWAY,
+            None,
+        ),
+        (
+            "restore_exits_with_the_roots_status",
+            RESTORE_EXIT_STATUS,
             None,
         ),
     ];
