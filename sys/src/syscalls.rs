@@ -104,6 +104,17 @@ pub fn gettid() -> Pid {
 
 /// Resets every signal disposition to `SIG_DFL` (what a freshly restored task starts from
 /// before its dumped dispositions are applied). Signals that cannot be changed are skipped.
+/// Restores the default action of SIGPIPE, which the Rust runtime ignores: a command that
+/// only prints (`vzcpt show | head`) then ends quietly when its reader goes away, as Unix
+/// tools do, instead of failing on the write.
+pub fn default_sigpipe() {
+    // SAFETY: SIG_DFL involves no handler code; signal() only changes this process's
+    // disposition of SIGPIPE, which no code of this program relies on being ignored.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 pub fn reset_signal_dispositions() {
     #[repr(C)]
     struct KSigaction {

@@ -28,7 +28,10 @@ fn main() {
     let r = match cli.command {
         Command::Dump(a) => commands::dump::run(&a),
         Command::Restore(a) => commands::restore::run(&a),
-        Command::Show(a) => commands::show::run(&a),
+        Command::Show(a) => {
+            sys::syscalls::default_sigpipe();
+            commands::show::run(&a)
+        }
         Command::Verify(a) => commands::verify::run(&a),
         Command::Check(a) => commands::check::run(&a),
     };

@@ -116,7 +116,8 @@ impl Driver {
             _ => cmd.arg("-t").arg(root.to_string()),
         };
         cmd.arg("-D").arg(dir).arg("--json").args(extra);
-        self.run("dump", &mut cmd)?;
+        let out = self.run("dump", &mut cmd)?;
+        self.show(dir, &out)?;
         let v = Command::new(&self.a.vzcpt)
             .arg("verify")
             .arg("-D")
@@ -127,6 +128,52 @@ impl Driver {
                 "vzcpt verify after dump: {}",
                 String::from_utf8_lossy(&v.stderr)
             );
+        }
+        Ok(())
+    }
+
+    /// `vzcpt show` decodes every record: as JSON, its tree has as many processes as the dump
+    /// reported, a core record per live one, and a root among them; as text, it exits 0.
+    fn show(&self, dir: &Path, dump_json: &str) -> anyhow::Result<()> {
+        let dumped: serde_json::Value =
+            serde_json::from_str(dump_json.trim()).context("dump --json output")?;
+        let out = Command::new(&self.a.vzcpt)
+            .args(["show", "--json", "-D"])
+            .arg(dir)
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "vzcpt show --json: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let img: serde_json::Value =
+            serde_json::from_slice(&out.stdout).context("vzcpt show --json output")?;
+        let procs = img["pstree"]["processes"]
+            .as_array()
+            .context("show --json: no pstree.processes")?;
+        if Some(procs.len() as u64) != dumped["processes"].as_u64() {
+            bail!(
+                "show --json lists {} processes, the dump reported {}",
+                procs.len(),
+                dumped["processes"]
+            );
+        }
+        let alive = procs.iter().filter(|p| p["state"] == "Alive").count();
+        let cores = img["core"]["processes"].as_array().map_or(0, |c| c.len());
+        if cores != alive {
+            bail!("show --json: {cores} core records for {alive} live processes");
+        }
+        let root = &img["pstree"]["root_pid"];
+        if !procs.iter().any(|p| &p["pid"] == root) {
+            bail!("show --json: root {root} is not among the processes");
+        }
+        let text = Command::new(&self.a.vzcpt)
+            .args(["show", "-D"])
+            .arg(dir)
+            .output()?;
+        if !text.status.success() || text.stdout.is_empty() {
+            bail!("vzcpt show: {}", String::from_utf8_lossy(&text.stderr));
         }
         Ok(())
     }
