@@ -78,11 +78,13 @@ fn align_up(v: u64) -> u64 {
 pub struct PageStoreWriter {
     path: PathBuf,
     file: File,
-    /// The current chunk: always `CHUNK_SIZE` long, filled up to `fill`. Not cleared between
-    /// chunks (bytes handed out by `append_with` hold stale data until the caller fills them).
-    /// Page-aligned: the kernel copies it into the page cache faster than an unaligned one.
+    /// The current chunk when compressing (it is compressed whole): `CHUNK_SIZE` long, filled
+    /// up to `fill`. Raw chunks do not pass through it: each append is written in place at
+    /// once, which saves a copy of every page (see [`append`](Self::append)).
     buf: PageBuf,
     fill: usize,
+    /// crc32 of the raw chunk written so far in place.
+    crc: crc32fast::Hasher,
     chunks: Vec<ChunkDesc>,
     /// End of the last chunk written (file offset).
     end: u64,
@@ -151,6 +153,7 @@ impl PageStoreWriter {
             file,
             buf: PageBuf::new(CHUNK_SIZE)?,
             fill: 0,
+            crc: crc32fast::Hasher::new(),
             chunks: Vec::new(),
             end: DATA_START,
             stored: 0,
@@ -175,16 +178,26 @@ impl PageStoreWriter {
     }
 
     /// Appends `data` (non-empty, a multiple of `PAGE_SIZE`, at most [`room`](Self::room)).
+    /// Uncompressed, the data goes to the file at once, at its place in the current chunk;
+    /// compressed, into the chunk buffer until the chunk is full.
     pub fn append(&mut self, data: &[u8]) -> Result<PageLoc> {
-        let (loc, dst) = self.append_with(data.len())?;
-        dst.copy_from_slice(data);
+        let loc = self.reserve(data.len())?;
+        let start = loc.offset as usize;
+        if self.compressor.is_some() {
+            self.buf[start..start + data.len()].copy_from_slice(data);
+        } else {
+            let offset = align_up(self.end) + start as u64;
+            self.file
+                .write_all_at(data, offset)
+                .map_err(|e| FormatError::io("write", &self.path, e))?;
+            self.crc.update(data);
+        }
         Ok(loc)
     }
 
-    /// Like [`append`](Self::append), but the caller fills the bytes in place: returns `len`
-    /// bytes inside the current chunk buffer (e.g. for `process_vm_readv` straight into it)
-    /// and their location. Their contents are unspecified until the caller writes them.
-    pub fn append_with(&mut self, len: usize) -> Result<(PageLoc, &mut [u8])> {
+    /// Checks an append of `len` bytes, starts a new chunk if the current one is full, and
+    /// returns where the bytes go.
+    fn reserve(&mut self, len: usize) -> Result<PageLoc> {
         if len == 0 || !page_aligned(len as u64) {
             return Err(FormatError::BadAppend {
                 len,
@@ -209,16 +222,31 @@ impl PageStoreWriter {
         let start = self.fill;
         self.fill += len;
         // start < CHUNK_SIZE, which fits in u32.
-        let loc = PageLoc {
+        Ok(PageLoc {
             chunk,
             offset: start as u32,
-        };
-        Ok((loc, &mut self.buf[start..start + len]))
+        })
     }
 
     /// Writes out the current chunk, if it holds anything.
     fn flush(&mut self) -> Result<()> {
         if self.fill == 0 {
+            return Ok(());
+        }
+        let offset = align_up(self.end);
+        if self.compressor.is_none() {
+            // Already in the file; only its description is left.
+            let len = self.fill as u32;
+            self.chunks.push(ChunkDesc {
+                file_offset: offset,
+                raw_len: len,
+                stored_len: len,
+                crc32: std::mem::take(&mut self.crc).finalize(),
+                compressed: false,
+            });
+            self.end = offset + len as u64;
+            self.stored += len as u64;
+            self.fill = 0;
             return Ok(());
         }
         let raw = &self.buf[..self.fill];
@@ -236,7 +264,6 @@ impl PageStoreWriter {
                 compressed = true;
             }
         }
-        let offset = align_up(self.end);
         self.file
             .write_all_at(stored, offset)
             .map_err(|e| FormatError::io("write", &self.path, e))?;
@@ -629,54 +656,54 @@ mod tests {
     }
 
     #[test]
-    fn append_with_fills_in_place() {
-        let (t, _path, mut w) = new_store(Some(1));
-        let (a, buf) = w.append_with(3 * PAGE_SIZE).unwrap();
-        assert_eq!(
-            a,
-            PageLoc {
-                chunk: 0,
-                offset: 0
-            }
-        );
-        buf.fill(0x11);
-        let b = w.append(&[0x22; PAGE_SIZE]).unwrap();
-        assert_eq!(
-            b,
-            PageLoc {
-                chunk: 0,
-                offset: 3 * PAGE_SIZE as u32
-            }
-        );
-        // Fill the chunk exactly; room() then reports a whole new chunk.
-        let rest = w.room();
-        let (c, buf) = w.append_with(rest).unwrap();
-        buf.fill(0x33);
-        assert_eq!(w.room(), CHUNK_SIZE);
-        let (d, buf) = w.append_with(PAGE_SIZE).unwrap();
-        assert_eq!(
-            d,
-            PageLoc {
-                chunk: 1,
-                offset: 0
-            }
-        );
-        buf.copy_from_slice(&noise(PAGE_SIZE, 5));
-        let index = w.finish().unwrap();
-        let r = PageStoreReader::open(t.path(), &index).unwrap();
-        let c0 = r.chunk(0).unwrap();
-        assert_eq!(c0.len(), CHUNK_SIZE);
-        assert!(c0[..3 * PAGE_SIZE].iter().all(|&x| x == 0x11));
-        assert!(c0[3 * PAGE_SIZE..4 * PAGE_SIZE].iter().all(|&x| x == 0x22));
-        assert!(c0[c.offset as usize..].iter().all(|&x| x == 0x33));
-        assert_eq!(r.chunk(1).unwrap(), noise(PAGE_SIZE, 5));
+    fn appends_fill_chunks_in_order() {
+        for level in [None, Some(1)] {
+            let (t, _path, mut w) = new_store(level);
+            let a = w.append(&[0x11; 3 * PAGE_SIZE]).unwrap();
+            assert_eq!(
+                a,
+                PageLoc {
+                    chunk: 0,
+                    offset: 0
+                }
+            );
+            let b = w.append(&[0x22; PAGE_SIZE]).unwrap();
+            assert_eq!(
+                b,
+                PageLoc {
+                    chunk: 0,
+                    offset: 3 * PAGE_SIZE as u32
+                }
+            );
+            // Fill the chunk exactly; room() then reports a whole new chunk.
+            let rest = w.room();
+            let c = w.append(&vec![0x33; rest]).unwrap();
+            assert_eq!(w.room(), CHUNK_SIZE);
+            let d = w.append(&noise(PAGE_SIZE, 5)).unwrap();
+            assert_eq!(
+                d,
+                PageLoc {
+                    chunk: 1,
+                    offset: 0
+                }
+            );
+            let index = w.finish().unwrap();
+            let r = PageStoreReader::open(t.path(), &index).unwrap();
+            let c0 = r.chunk(0).unwrap();
+            assert_eq!(c0.len(), CHUNK_SIZE);
+            assert!(c0[..3 * PAGE_SIZE].iter().all(|&x| x == 0x11));
+            assert!(c0[3 * PAGE_SIZE..4 * PAGE_SIZE].iter().all(|&x| x == 0x22));
+            assert!(c0[c.offset as usize..].iter().all(|&x| x == 0x33));
+            assert_eq!(r.chunk(1).unwrap(), noise(PAGE_SIZE, 5));
+            r.verify_all().unwrap();
+        }
     }
 
     #[test]
     fn bad_appends() {
         let (_t, _path, mut w) = new_store(None);
         for len in [0, 1, PAGE_SIZE + 1, CHUNK_SIZE + PAGE_SIZE] {
-            let e = w.append_with(len).unwrap_err();
+            let e = w.append(&vec![0; len]).unwrap_err();
             assert!(matches!(e, FormatError::BadAppend { .. }), "{len}: {e:?}");
         }
         w.append(&[0; PAGE_SIZE]).unwrap();
