@@ -1,7 +1,7 @@
 //! The storing half of the memory dump, on its own thread: the tracer thread reads pages with
 //! `process_vm_readv` into buffers and sends them here; this thread leaves out zero pages,
-//! appends the rest to the page store (which checksums, compresses and writes each chunk) and
-//! sends the buffer back. Reading and writing then overlap on two CPUs.
+//! appends the rest to the page store (which checksums and writes them, or gathers and
+//! compresses a chunk) and sends the buffer back. Reading and writing overlap on two CPUs.
 
 use crossbeam_channel::{bounded, Receiver, Sender};
 use images_format::mm::{PageOwner, PagemapEntry};
