@@ -204,8 +204,10 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
             ptrace::set_sigmask(*tid, t.blocked)?;
         }
     }
-    for p in &created.procs {
-        for tid in &threads_of[&p.pid] {
+    // Children before parents and the main thread last: a process that looks at its children
+    // (or its own threads) the moment it runs finds them running too, not in a tracing stop.
+    for p in created.procs.iter().rev() {
+        for tid in threads_of[&p.pid].iter().rev() {
             ptrace::detach(*tid, None)?;
         }
     }
