@@ -141,7 +141,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats, DumpError> {
     };
     let mut files = files::FilesDumper::default();
     let mut store = writer.page_store(opts.compress)?;
-    let (sink, writer_end) = pagesink::channel()?;
+    let (sink, writer_end) = pagesink::channel(opts.compress.is_none())?;
     // The tracer (this thread) reads pages; a second thread stores them (see `pagesink`).
     let (collected, stored) = std::thread::scope(|scope| {
         let storing = scope.spawn(|| writer_end.run(&mut store));

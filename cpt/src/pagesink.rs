@@ -1,7 +1,9 @@
 //! The storing half of the memory dump, on its own thread: the tracer thread reads pages with
-//! `process_vm_readv` into buffers and sends them here; this thread leaves out zero pages,
-//! appends the rest to the page store (which checksums and writes them, or gathers and
-//! compresses a chunk) and sends the buffer back. Reading and writing overlap on two CPUs.
+//! `process_vm_readv` into buffers, finds the runs of non-zero pages and (uncompressed) their
+//! crc32, and sends them here; this thread appends each run to the page store (which writes it
+//! in place, or gathers and compresses a chunk) and sends the buffer back. Reading and writing
+//! overlap on two CPUs, and the work is split so that neither side waits much: the writer's
+//! tmpfs writes cost about as much as the reader's copy, zero scan and checksum together.
 
 use crossbeam_channel::{bounded, Receiver, Sender};
 use images_format::mm::{PageOwner, PagemapEntry};
@@ -23,6 +25,21 @@ pub struct Job {
     pub buf: PageBuf,
 }
 
+/// What the reader found in a job: the runs to store.
+struct Found {
+    job: Job,
+    runs: Vec<Run>,
+    zero_pages: u64,
+}
+
+/// `n` pages from page `first` of a job, none of them dropped, with their crc32 when the
+/// store is uncompressed.
+struct Run {
+    first: usize,
+    n: usize,
+    crc: crc32fast::Hasher,
+}
+
 #[derive(Default)]
 pub struct Stored {
     pub entries: Vec<PagemapEntry>,
@@ -32,18 +49,20 @@ pub struct Stored {
 
 /// The tracer's end: get an empty buffer, send it filled.
 pub struct PageSink {
-    jobs: Sender<Job>,
+    jobs: Sender<Found>,
     free: Receiver<PageBuf>,
+    checksum: bool,
 }
 
 /// The storing thread's end.
 pub struct PageWriterEnd {
-    jobs: Receiver<Job>,
+    jobs: Receiver<Found>,
     free: Sender<PageBuf>,
 }
 
 /// Page-aligned buffers (see `PageBuf`: an unaligned one halves process_vm_readv's speed).
-pub fn channel() -> Result<(PageSink, PageWriterEnd), DumpError> {
+/// `checksum`: the store is uncompressed, so the reader checksums the runs it sends.
+pub fn channel(checksum: bool) -> Result<(PageSink, PageWriterEnd), DumpError> {
     let (jobs_tx, jobs_rx) = bounded(BUFFERS);
     let (free_tx, free_rx) = bounded(BUFFERS);
     for _ in 0..BUFFERS {
@@ -53,6 +72,7 @@ pub fn channel() -> Result<(PageSink, PageWriterEnd), DumpError> {
         PageSink {
             jobs: jobs_tx,
             free: free_rx,
+            checksum,
         },
         PageWriterEnd {
             jobs: jobs_rx,
@@ -71,8 +91,47 @@ impl PageSink {
         self.free.recv().map_err(|_| stopped())
     }
 
+    /// Finds the job's runs (on the calling thread: the reader's) and sends it to the writer.
     pub fn send(&self, job: Job) -> Result<(), DumpError> {
-        self.jobs.send(job).map_err(|_| stopped())
+        let found = find_runs(job, self.checksum);
+        self.jobs.send(found).map_err(|_| stopped())
+    }
+}
+
+/// The runs of pages to store in a job: maximal runs of non-zero pages (of all pages when
+/// `!drop_zero`), at most a chunk each.
+fn find_runs(job: Job, checksum: bool) -> Found {
+    let page = |i: usize| &job.buf[i * PAGE_SIZE..(i + 1) * PAGE_SIZE];
+    let skip = |i: usize| job.drop_zero && page(i).iter().all(|&b| b == 0);
+    let max_run = CHUNK_SIZE / PAGE_SIZE;
+    let mut runs = Vec::new();
+    let mut zero_pages = 0;
+    let mut i = 0;
+    while i < job.n {
+        if skip(i) {
+            zero_pages += 1;
+            i += 1;
+            continue;
+        }
+        let mut j = i + 1;
+        while j < job.n && j - i < max_run && !skip(j) {
+            j += 1;
+        }
+        let mut crc = crc32fast::Hasher::new();
+        if checksum {
+            crc.update(&job.buf[i * PAGE_SIZE..j * PAGE_SIZE]);
+        }
+        runs.push(Run {
+            first: i,
+            n: j - i,
+            crc,
+        });
+        i = j;
+    }
+    Found {
+        job,
+        runs,
+        zero_pages,
     }
 }
 
@@ -81,44 +140,33 @@ impl PageWriterEnd {
     /// send fails and the dump is abandoned.
     pub fn run(self, store: &mut PageStoreWriter) -> Result<Stored, DumpError> {
         let mut out = Stored::default();
-        for job in self.jobs.iter() {
-            store_job(store, &job, &mut out)?;
-            let _ = self.free.send(job.buf);
+        for found in self.jobs.iter() {
+            store_runs(store, &found, &mut out)?;
+            let _ = self.free.send(found.job.buf);
         }
         Ok(out)
     }
 }
 
-/// Appends the job's pages as runs of non-zero pages (all pages if `!drop_zero`); a run never
-/// spans two chunks.
-fn store_job(store: &mut PageStoreWriter, job: &Job, out: &mut Stored) -> Result<(), DumpError> {
-    let page = |i: usize| &job.buf[i * PAGE_SIZE..(i + 1) * PAGE_SIZE];
-    let skip = |i: usize| job.drop_zero && page(i).iter().all(|&b| b == 0);
-    let mut i = 0;
-    while i < job.n {
-        if skip(i) {
-            out.zero_pages_skipped += 1;
-            i += 1;
-            continue;
-        }
-        let mut j = i + 1;
-        while j < job.n && !skip(j) {
-            j += 1;
-        }
-        let mut k = i;
-        while k < j {
-            let take = (j - k).min(store.room() / PAGE_SIZE);
-            let loc = store.append(&job.buf[k * PAGE_SIZE..(k + take) * PAGE_SIZE])?;
-            out.entries.push(PagemapEntry {
-                owner: job.owner,
-                addr: job.addr + (k * PAGE_SIZE) as u64,
-                nr_pages: take as u32,
-                loc,
-            });
-            out.pages_stored += take as u64;
-            k += take;
-        }
-        i = j;
+/// Appends each run whole (the store closes a chunk early rather than split a run, so a run's
+/// checksum stays usable).
+fn store_runs(
+    store: &mut PageStoreWriter,
+    found: &Found,
+    out: &mut Stored,
+) -> Result<(), DumpError> {
+    let job = &found.job;
+    out.zero_pages_skipped += found.zero_pages;
+    for r in &found.runs {
+        let data = &job.buf[r.first * PAGE_SIZE..(r.first + r.n) * PAGE_SIZE];
+        let loc = store.append_run(data, &r.crc)?;
+        out.entries.push(PagemapEntry {
+            owner: job.owner,
+            addr: job.addr + (r.first * PAGE_SIZE) as u64,
+            nr_pages: r.n as u32,
+            loc,
+        });
+        out.pages_stored += r.n as u64;
     }
     Ok(())
 }

@@ -195,6 +195,27 @@ impl PageStoreWriter {
         Ok(loc)
     }
 
+    /// Appends a whole run whose crc32 the caller computed (on another thread, say): when the
+    /// run does not fit in the current chunk, that chunk is closed shorter than CHUNK_SIZE
+    /// and the run starts the next one, so the chunk's checksum is a combination of its runs'
+    /// and this thread never reads the data. Compressed chunks are checksummed as stored and
+    /// `crc` is not used.
+    pub fn append_run(&mut self, data: &[u8], crc: &crc32fast::Hasher) -> Result<PageLoc> {
+        if data.len() > CHUNK_SIZE - self.fill && self.fill > 0 {
+            self.flush()?;
+        }
+        if self.compressor.is_some() {
+            return self.append(data);
+        }
+        let loc = self.reserve(data.len())?;
+        let offset = align_up(self.end) + loc.offset as u64;
+        self.file
+            .write_all_at(data, offset)
+            .map_err(|e| FormatError::io("write", &self.path, e))?;
+        self.crc.combine(crc);
+        Ok(loc)
+    }
+
     /// Checks an append of `len` bytes, starts a new chunk if the current one is full, and
     /// returns where the bytes go.
     fn reserve(&mut self, len: usize) -> Result<PageLoc> {
@@ -696,6 +717,41 @@ mod tests {
             assert!(c0[c.offset as usize..].iter().all(|&x| x == 0x33));
             assert_eq!(r.chunk(1).unwrap(), noise(PAGE_SIZE, 5));
             r.verify_all().unwrap();
+        }
+    }
+
+    #[test]
+    fn append_run_closes_short_chunks_and_combines_checksums() {
+        for level in [None, Some(1)] {
+            let (t, _path, mut w) = new_store(level);
+            let runs: Vec<Vec<u8>> = [3, 1000, 40, 1024, 7]
+                .iter()
+                .enumerate()
+                .map(|(i, &pages)| noise(pages * PAGE_SIZE, i as u64 + 1))
+                .collect();
+            let locs: Vec<PageLoc> = runs
+                .iter()
+                .map(|r| {
+                    let mut h = crc32fast::Hasher::new();
+                    h.update(r);
+                    w.append_run(r, &h).unwrap()
+                })
+                .collect();
+            let index = w.finish().unwrap();
+            let r = PageStoreReader::open(t.path(), &index).unwrap();
+            r.verify_all().unwrap();
+            for (run, loc) in runs.iter().zip(&locs) {
+                let c = r.chunk(loc.chunk).unwrap();
+                let at = loc.offset as usize;
+                assert_eq!(&c[at..at + run.len()], &run[..], "{level:?} {loc:?}");
+            }
+            if level.is_none() {
+                // 3 + 1000 pages, then 40 does not fit: a short chunk; 40, then 1024 does not
+                // fit; 1024 alone; 7.
+                let chunks: Vec<u32> = locs.iter().map(|l| l.chunk).collect();
+                assert_eq!(chunks, vec![0, 0, 1, 2, 3]);
+                assert_eq!(index.chunks[0].raw_len as usize, 1003 * PAGE_SIZE);
+            }
         }
     }
 
