@@ -13,7 +13,7 @@
  *    reaches the file and a pwrite to the file shows in the mapping (reverted after the check);
  *  - heap: malloc'ed chunks (a linked list) and an sbrk() growth with a pattern, sbrk(0) unchanged;
  *  - the stack: the main loop runs at the bottom of a recursion of depth 1000, each frame holds
- *    a local array with a pattern;
+ *    a local array with a pattern; a forked copy can still grow it by 2 MiB (growsdown, gap);
  *  - protections: a PROT_NONE region (perms in /proc/self/maps, data still there when made
  *    readable for a moment) and a read-only region with data;
  *  - mm fields: /proc/self/stat start_code, end_code, start_stack, start_data..env_end;
@@ -417,6 +417,34 @@ static void check_stack(void)
             }
 }
 
+/* The stack can still grow down (MAP_GROWSDOWN kept, its guard gap free): a forked copy
+ * touches 2 MiB below the deepest frame, which lies outside the [stack] mapping as it is. */
+__attribute__((noinline)) static void stack_grow(void)
+{
+    volatile char big[2 * 1024 * 1024];
+    for (size_t i = 0; i < sizeof(big); i += 4096)
+        big[i] = (char)i;
+}
+
+static void check_stack_grows(void)
+{
+    pid_t c = fork();
+    if (c < 0) {
+        fail("stack growth: fork: %s", strerror(errno));
+        return;
+    }
+    if (c == 0) {
+        stack_grow();
+        _exit(0);
+    }
+    int st;
+    if (waitpid(c, &st, 0) != c)
+        fail("stack growth: waitpid: %s", strerror(errno));
+    else if (!WIFEXITED(st) || WEXITSTATUS(st) != 0)
+        fail("stack growth: a copy growing the stack by 2 MiB died (status %#x, signal %d)", st,
+             WIFSIGNALED(st) ? WTERMSIG(st) : 0);
+}
+
 static void check_protections(void)
 {
     char perms[8];
@@ -641,6 +669,7 @@ static void verify_parent(void)
     check_sfile();
     check_heap();
     check_stack();
+    check_stack_grows();
     check_protections();
     check_mm_fields();
     check_special_maps();

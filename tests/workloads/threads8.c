@@ -5,7 +5,8 @@
  * own TID (clone3 set_tid per thread), its own registers (the computation keeps its state in
  * registers: a xorshift64 generator and two accumulators whose relation b == a * K (mod 2^64)
  * must always hold), its own TLS (a __thread value reached through fs_base, at the address the
- * thread saw at start), and that all threads run again (their progress counters advance).
+ * thread saw at start), its own gs base (set with arch_prctl, unused by glibc, so only the
+ * register restore can keep it), and that all threads run again (their progress counters advance).
  *
  * On a check, the main thread asks each worker to re-check itself (gettid(), TLS value and
  * address, invariant of its live registers) and waits for all eight answers; it also checks
@@ -16,6 +17,7 @@
 #include <pthread.h>
 #include <stdint.h>
 #include <sys/syscall.h>
+#include <asm/prctl.h>
 
 #define NTHREADS 8
 #define KMUL 0x9E3779B97F4A7C15ull /* odd: b = a * KMUL (mod 2^64) */
@@ -40,6 +42,15 @@ static pid_t main_tid;
 
 static pid_t my_gettid(void) { return (pid_t)syscall(SYS_gettid); }
 
+static uint64_t gs_expected(int index) { return 0x00005a5a00000000ull + ((uint64_t)index << 20); /* canonical, never dereferenced */ }
+
+static uint64_t gs_base(void)
+{
+    uint64_t v = 0;
+    syscall(SYS_arch_prctl, ARCH_GET_GS, &v);
+    return v;
+}
+
 static void self_check(struct worker *w, uint64_t a, uint64_t b, uint64_t x)
 {
     char *v = w->verdict;
@@ -58,6 +69,9 @@ static void self_check(struct worker *w, uint64_t a, uint64_t b, uint64_t x)
         snprintf(v, 512, "thread %d: invariant broken: a = %#llx b = %#llx, a*K = %#llx",
                  w->index, (unsigned long long)a, (unsigned long long)b,
                  (unsigned long long)(a * KMUL));
+    else if (gs_base() != gs_expected(w->index))
+        snprintf(v, 512, "thread %d: gs base %#llx, expected %#llx", w->index,
+                 (unsigned long long)gs_base(), (unsigned long long)gs_expected(w->index));
     else if (x == 0)
         snprintf(v, 512, "thread %d: xorshift state is 0 (registers zeroed?)", w->index);
 }
@@ -67,6 +81,10 @@ static void *worker_main(void *arg)
     struct worker *w = arg;
     w->tid = my_gettid();
     tls_value = w->tls_expected;
+    if (syscall(SYS_arch_prctl, ARCH_SET_GS, gs_expected(w->index))) {
+        perror("threads8: arch_prctl(ARCH_SET_GS)");
+        exit(2);
+    }
     tls_index = w->index;
     w->tls_addr = &tls_value;
     __atomic_store_n(&w->started, 1, __ATOMIC_RELEASE);

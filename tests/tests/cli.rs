@@ -1,7 +1,9 @@
-//! Nothing is lost when a dump or a restore fails: a failed dump leaves the tree running as it
+//! The command-line contract, and nothing lost when a dump or a restore fails: a failed dump leaves the tree running as it
 //! was (not stopped, not traced, same signal mask, cgroup thawed) and no image behind; a failed
 //! restore leaves no process it created. And a restore in the foreground ends as its root
-//! does: it exits with the root's status (128 + signal when killed).
+//! does: it exits with the root's status (128 + signal when killed); `--detach` prints the
+//! root's PID; `--compress=LEVEL` is honoured; `vzcpt check` lists every facility; private file
+//! mappings store only their modified pages.
 //!
 //! Each trial is a bash script run as PID 1 of its own PID namespace, so whatever it starts
 //! dies with it. The script prints `OK` last; any other end is a failure with its output.
@@ -110,6 +112,92 @@ wait $P 2>/dev/null
 echo OK
 "#;
 
+/// The same through the v1 freezer: `freezer.state` is THAWED again after the failed dump.
+const DUMP_UNSUPPORTED_CGROUP_V1: &str = r#"
+CG="$CGROOT_V1/vzcpt-fail-$$-$RANDOM"
+mkdir "$CG" || fail "mkdir $CG"
+trap 'for p in $(cat "$CG/cgroup.procs" 2>/dev/null); do kill -9 $p; done; sleep 0.2; rmdir "$CG" 2>/dev/null' EXIT
+sh -c 'echo $$ > "$0/cgroup.procs" && exec python3 -c "import socket, time; s = socket.socket(); time.sleep(1000)"' "$CG" &
+P=$!
+sleep 0.5
+out=$("$VZCPT" dump --cgroup "$CG" -D "$WORK/img" 2>&1) && fail "dump of a cgroup with a socket succeeded"
+echo "$out" | grep -q "socket" || fail "the error does not name the socket: $out"
+[ -e "$WORK/img" ] && fail "a partial image was left"
+[ "$(cat $CG/freezer.state)" = THAWED ] || fail "the cgroup stays $(cat $CG/freezer.state)"
+[ "$(state $P)" = S ] || fail "the process is in state $(state $P)"
+[ "$(field $P TracerPid)" = 0 ] || fail "the process is still traced"
+echo OK
+"#;
+
+/// `--detach` prints the root's PID (and `--pidfile` holds it); `--compress=LEVEL` takes the
+/// level and refuses one zstd does not have.
+const DETACH_AND_COMPRESS_LEVEL: &str = r#"
+sleep 1000 &
+P=$!
+out=$("$VZCPT" dump -t $P -D "$WORK/img2" --compress=99 2>&1) && fail "--compress=99 was accepted"
+echo "$out" | grep -q "99" || fail "the error does not name the level: $out"
+[ -e "$WORK/img2" ] && fail "a refused dump left an image"
+kill -0 $P || fail "a refused dump killed the process"
+"$VZCPT" dump -t $P -D "$WORK/img" --compress=19 || fail "dump --compress=19"
+wait $P 2>/dev/null
+"$VZCPT" verify -D "$WORK/img" || fail "verify"
+"$VZCPT" show -D "$WORK/img" --json | python3 -c 'import json,sys; sys.exit(0 if json.load(sys.stdin)["inventory"]["compressed"] else 1)' \
+    || fail "show --json does not say the image is compressed"
+"$VZCPT" dump -t $P -D "$WORK/img3" 2>/dev/null && fail "dump of a dead PID succeeded"
+printed=$("$VZCPT" restore -D "$WORK/img" --detach --pidfile "$WORK/pidfile") || fail "restore --detach"
+[ "$printed" = "$P" ] || fail "restore --detach printed '$printed', the root is $P"
+[ "$(cat $WORK/pidfile)" = "$P" ] || fail "the pidfile says '$(cat $WORK/pidfile)', the root is $P"
+[ "$(cat /proc/$P/comm)" = sleep ] || fail "PID $P is not the restored sleep"
+echo OK
+"#;
+
+/// `vzcpt check` lists every facility the engine uses, present or missing, as text and JSON.
+const CHECK_LISTS_FACILITIES: &str = r#"
+"$VZCPT" check --json > "$WORK/check.json" || fail "check --json exited $?"
+python3 - "$WORK/check.json" <<'PY' || fail "check --json: $(cat $WORK/check.json)"
+import json, sys
+f = json.load(open(sys.argv[1]))["features"]
+names = {x["name"] for x in f}
+for need in ["clone3 with set_tid", "PR_SET_MM_MAP", "kcmp", "process_vm_readv"]:
+    assert need in names, need
+assert all(isinstance(x["present"], bool) for x in f)
+PY
+n=$("$VZCPT" check | grep -cE ' (present|missing) ')
+[ "$n" -ge 4 ] || fail "check lists $n facilities"
+echo OK
+"#;
+
+/// A private file mapping stores only its modified pages: 256 pages mapped and read, 2 written.
+const PRIVATE_FILE_ONLY_MODIFIED: &str = r#"
+head -c 1048576 /dev/urandom > "$WORK/data"
+python3 -c '
+import mmap, sys, time
+f = open(sys.argv[1], "rb")
+m = mmap.mmap(f.fileno(), 0, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+s = sum(m[i] for i in range(0, len(m), 4096))
+m[5 * 4096] = (m[5 * 4096] + 1) % 256
+m[77 * 4096 + 9] = (m[77 * 4096 + 9] + 1) % 256
+time.sleep(1000)
+' "$WORK/data" &
+P=$!
+sleep 1
+"$VZCPT" dump -t $P -D "$WORK/img" --leave-running || fail "dump"
+kill -9 $P
+"$VZCPT" show -D "$WORK/img" --json > "$WORK/show.json" || fail "show"
+python3 - "$WORK/show.json" "$WORK/data" <<'PY' || fail "pages stored for the file mapping are not exactly the 2 modified ones"
+import json, sys
+img = json.load(open(sys.argv[1]))
+vmas = [v for p in img["mm"]["processes"] for v in p["vmas"]
+        if isinstance(v["kind"], dict) and v["kind"].get("File", {}).get("path") == sys.argv[2]]
+assert len(vmas) == 1, vmas
+v = vmas[0]
+stored = sum(e["nr_pages"] for e in img["pagemap"]["entries"] if v["start"] <= e["addr"] < v["end"])
+print("pages stored for the 256-page private file mapping:", stored)
+assert stored == 2, stored
+PY
+echo OK
+"#;
+
 fn run_script(name: &str, body: &str, env: &[(&str, String)]) -> Result<(), Failed> {
     let vzcpt = tests::paths::vzcpt().map_err(|e| Failed::from(format!("{e:#}")))?;
     let work = tests::paths::profile_dir()
@@ -154,6 +242,7 @@ fn main() {
         skip = Some("needs python3".to_string());
     }
     let cg2 = PathBuf::from("/sys/fs/cgroup/unified");
+    let cg1 = PathBuf::from("/sys/fs/cgroup/freezer");
     let scripts: Vec<(&str, &str, Option<String>)> = vec![
         (
             "dump_unsupported_resource_leaves_tree_running",
@@ -181,6 +270,23 @@ fn main() {
             RESTORE_EXIT_STATUS,
             None,
         ),
+        (
+            "dump_unsupported_in_cgroup_v1_leaves_it_thawed",
+            DUMP_UNSUPPORTED_CGROUP_V1,
+            (!cg1.join("freezer.state").exists() && !cg1.join("cgroup.procs").exists())
+                .then(|| "no cgroup v1 freezer at /sys/fs/cgroup/freezer".to_string()),
+        ),
+        (
+            "restore_detach_prints_pid_and_compress_takes_a_level",
+            DETACH_AND_COMPRESS_LEVEL,
+            None,
+        ),
+        ("check_lists_each_facility", CHECK_LISTS_FACILITIES, None),
+        (
+            "private_file_mapping_stores_only_modified_pages",
+            PRIVATE_FILE_ONLY_MODIFIED,
+            None,
+        ),
     ];
     let trials = scripts
         .into_iter()
@@ -190,7 +296,10 @@ fn main() {
             if let Some(r) = &reason {
                 eprintln!("{name}: ignored: {r}");
             }
-            let env = vec![("CGROOT", cg2.display().to_string())];
+            let env = vec![
+                ("CGROOT", cg2.display().to_string()),
+                ("CGROOT_V1", cg1.display().to_string()),
+            ];
             Trial::test(name, move || {
                 if let Some(r) = reason {
                     return Err(format!("skipped: {r}").into());
