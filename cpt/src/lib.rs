@@ -9,6 +9,7 @@
 pub mod files;
 pub mod freeze;
 pub mod memory;
+pub mod ns;
 pub mod pagesink;
 pub mod pipes;
 pub mod proc;
@@ -127,6 +128,8 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats, DumpError> {
     }
     let mut writer = ImageWriter::create(&opts.dir)?;
     let pid_map = PidMap::new(&frozen)?;
+    let alive: Vec<i32> = frozen.alive().map(|p| p.pid.as_raw()).collect();
+    let namespaces = ns::dump_namespaces(frozen.root().as_raw(), &alive)?;
     let mut pstree = PstreeImage {
         root_pid: pid_map.virt(frozen.root().as_raw()),
         pid_ns_init: pid_map.ns_init,
@@ -241,6 +244,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats, DumpError> {
     writer.write(&PipesImage {
         pipes: files.pipes.pipes,
     })?;
+    writer.write(&namespaces)?;
     writer.commit()?;
 
     // 4. Only a complete image lets the tree go (killed, resumed or left stopped).

@@ -15,6 +15,7 @@ pub enum ImageKind {
     Pages = 6,
     Files = 7,
     Pipes = 8,
+    Ns = 9,
 }
 
 /// One row of [`KINDS`].
@@ -30,7 +31,7 @@ pub struct KindDesc {
 /// The table of all kinds, in `u16` order: row `i` describes the kind with value `i + 1`.
 /// Magics are arbitrary distinct constants, far apart, so a damaged or foreign file is
 /// recognised at once.
-pub const KINDS: [KindDesc; 8] = [
+pub const KINDS: [KindDesc; 9] = [
     KindDesc {
         kind: ImageKind::Inventory,
         file_name: "inventory",
@@ -70,6 +71,11 @@ pub const KINDS: [KindDesc; 8] = [
         kind: ImageKind::Pipes,
         file_name: "pipes",
         magic: 0x5019_c7e8,
+    },
+    KindDesc {
+        kind: ImageKind::Ns,
+        file_name: "ns",
+        magic: 0x4e53_61d2,
     },
 ];
 
@@ -150,7 +156,8 @@ mod tests {
                 "pagemap",
                 "pages",
                 "files",
-                "pipes"
+                "pipes",
+                "ns"
             ]
         );
         for &k in ImageKind::ALL {
@@ -158,7 +165,7 @@ mod tests {
             assert_eq!(ImageKind::from_magic(k.magic()), Some(k));
             assert_eq!(k.to_string(), k.file_name());
         }
-        for v in [0u16, 9, 100, u16::MAX] {
+        for v in [0u16, 100, u16::MAX] {
             assert_eq!(ImageKind::from_u16(v), None);
         }
         assert_eq!(ImageKind::from_magic(0), None);

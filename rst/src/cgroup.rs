@@ -153,15 +153,70 @@ impl Hierarchies {
         Ok(Hierarchies(parse_mountinfo(&text)))
     }
 
+    /// The directory of cgroup `path` in each hierarchy mounted here, once per hierarchy:
+    /// (its v1 controllers, sorted, or none for cgroup v2; the directory).
+    pub fn dirs_of(&self, path: &str) -> Vec<(Vec<String>, PathBuf)> {
+        let mut out: Vec<(Vec<String>, PathBuf)> = Vec::new();
+        for m in &self.0 {
+            if out.iter().any(|(c, _)| *c == m.controllers) {
+                continue;
+            }
+            if let Some(dir) = dir_under(m, path) {
+                out.push((m.controllers.clone(), dir));
+            }
+        }
+        out
+    }
+
+    /// The cgroup v2 directory of a process, created if missing and opened for
+    /// `CLONE_INTO_CGROUP`; `None` when it has no v2 membership or sits at the root.
+    pub fn open_v2(
+        &self,
+        pid: i32,
+        cgroups: &[CgroupMembership],
+        rewrite: Option<&(String, String)>,
+        created: &mut CreatedCgroups,
+    ) -> Result<Option<std::os::fd::OwnedFd>, RestoreError> {
+        let Some(cg) = cgroups.iter().find(|c| c.controllers.is_empty()) else {
+            return Ok(None);
+        };
+        let path = rewrite_path(&cg.path, rewrite);
+        let Some(dir) = self
+            .0
+            .iter()
+            .filter(|m| m.controllers.is_empty())
+            .find_map(|m| dir_under(m, &path))
+        else {
+            return Ok(None);
+        };
+        if path == "/" {
+            return Ok(None);
+        }
+        let task_err = |reason: String| RestoreError::Task {
+            pid,
+            what: format!("cgroup {}", dir.display()),
+            reason,
+        };
+        make_cgroup(&dir, &[], created).map_err(|e| task_err(format!("create: {e}")))?;
+        let fd = std::fs::File::open(&dir).map_err(|e| task_err(format!("open: {e}")))?;
+        Ok(Some(fd.into()))
+    }
+
     /// Moves `pid` (a host PID) into each of its dumped cgroups.
     pub fn place(
         &self,
         pid: i32,
         host_pid: i32,
         cgroups: &[CgroupMembership],
+        rewrite: Option<&(String, String)>,
         created: &mut CreatedCgroups,
     ) -> Result<(), RestoreError> {
         for cg in cgroups {
+            let path = rewrite_path(&cg.path, rewrite);
+            let cg = &CgroupMembership {
+                controllers: cg.controllers.clone(),
+                path,
+            };
             let want = sorted_controllers(&cg.controllers);
             let dir = self
                 .0
@@ -195,9 +250,20 @@ impl Hierarchies {
     }
 }
 
+/// `path` with its prefix `from` replaced by `to`, when it has that prefix (whole components).
+fn rewrite_path(path: &str, rewrite: Option<&(String, String)>) -> String {
+    let Some((from, to)) = rewrite else {
+        return path.to_string();
+    };
+    match path.strip_prefix(from.as_str()) {
+        Some(rest) if rest.is_empty() || rest.starts_with('/') => format!("{to}{rest}"),
+        _ => path.to_string(),
+    }
+}
+
 /// Creates `dir` and its missing parents. A new v1 cpuset cgroup takes its parent's CPUs and
 /// memory nodes, without which no task can join it.
-fn make_cgroup(
+pub fn make_cgroup(
     dir: &Path,
     controllers: &[String],
     created: &mut CreatedCgroups,
@@ -243,6 +309,15 @@ mod tests {
         assert_eq!(m[2].controllers, vec!["cpu", "cpuacct"]);
         assert_eq!(m[3].point, PathBuf::from("/mnt/free zer"));
         assert_eq!(sorted_controllers("cpuacct,cpu"), m[2].controllers);
+    }
+
+    #[test]
+    fn rewrites_a_cgroup_prefix() {
+        let r = ("/vz/101".to_string(), "/other/102".to_string());
+        assert_eq!(rewrite_path("/vz/101", Some(&r)), "/other/102");
+        assert_eq!(rewrite_path("/vz/101/sub", Some(&r)), "/other/102/sub");
+        assert_eq!(rewrite_path("/vz/1010", Some(&r)), "/vz/1010");
+        assert_eq!(rewrite_path("/vz/101", None), "/vz/101");
     }
 
     #[test]

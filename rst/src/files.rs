@@ -30,29 +30,45 @@ pub struct Prepared {
     pub descs: HashMap<u32, OwnedFd>,
     /// FIFO keepers and unused pipe ends, held until the tree is released.
     pub keep: Vec<OwnedFd>,
+    /// Descriptions opened by path that must be opened inside the tree's own mount namespace:
+    /// `descs` holds a placeholder at their number until [`open_deferred`] replaces it.
+    pub deferred: Vec<u32>,
 }
 
 fn err(id: u32, what: &str, e: impl std::fmt::Display) -> RestoreError {
     RestoreError::Files(format!("file description {id}: {what}: {e}"))
 }
 
-pub fn prepare(
-    files: &FilesImage,
-    pipes: &PipesImage,
-    fd_base: i32,
-) -> Result<Prepared, RestoreError> {
-    let mut next = fd_base;
-    let mut high = |fd: OwnedFd| -> Result<OwnedFd, RestoreError> {
-        let r = move_fd_high(&fd, next)?;
-        next = r.as_raw_fd() + 1;
-        Ok(r)
-    };
-    let mut descs = HashMap::new();
-    let mut keep = Vec::new();
-    // Pipes: (read end, write end) per pipe id, each created once and refilled with its data.
-    let mut pipe_ends: HashMap<u64, (Option<OwnedFd>, Option<OwnedFd>)> = HashMap::new();
-    let mut filled_fifos = std::collections::HashSet::new();
-    for d in &files.descs {
+/// Whether a description is reached through a path (and so through a mount namespace).
+fn by_path(kind: &FileKind) -> bool {
+    !matches!(kind, FileKind::Pipe { .. })
+}
+
+/// Opens descriptions one by one, sharing pipes between their two ends.
+struct Opener<'a> {
+    pipes: &'a PipesImage,
+    /// (read end, write end) per pipe id, each created once and refilled with its data.
+    pipe_ends: HashMap<u64, (Option<OwnedFd>, Option<OwnedFd>)>,
+    filled_fifos: std::collections::HashSet<u64>,
+    keep: Vec<OwnedFd>,
+}
+
+impl<'a> Opener<'a> {
+    fn new(pipes: &'a PipesImage) -> Self {
+        Opener {
+            pipes,
+            pipe_ends: HashMap::new(),
+            filled_fifos: Default::default(),
+            keep: Vec::new(),
+        }
+    }
+
+    /// Opens description `d`; `fd_of` gives the descriptor of a description opened before.
+    fn open(
+        &mut self,
+        d: &images_format::files::FileDesc,
+        fd_of: &dyn Fn(u32) -> Option<i32>,
+    ) -> Result<OwnedFd, RestoreError> {
         let acc = d.flags as i32 & libc::O_ACCMODE;
         let status = d.flags as i32 & !OPEN_ONLY & !libc::O_ACCMODE & !libc::O_CLOEXEC;
         let fd: OwnedFd = match &d.kind {
@@ -101,14 +117,14 @@ pub fn prepare(
             FileKind::UnlinkedAlias { of } => {
                 // A new description of the inode recreated for description `of` (the magic
                 // link of a deleted file still opens it).
-                let first: &OwnedFd = descs.get(of).ok_or_else(|| {
+                let first = fd_of(*of).ok_or_else(|| {
                     err(
                         d.id,
                         "unlinked file",
                         format!("description {of} is not restored yet"),
                     )
                 })?;
-                let link = format!("/proc/self/fd/{}", first.as_raw_fd());
+                let link = format!("/proc/self/fd/{first}");
                 open_path(&link, acc | status).map_err(|e| {
                     err(
                         d.id,
@@ -131,9 +147,9 @@ pub fn prepare(
                 fd
             }
             FileKind::Pipe { pipe_id } => {
-                let ends = pipe_ends.entry(*pipe_id).or_insert((None, None));
+                let ends = self.pipe_ends.entry(*pipe_id).or_insert((None, None));
                 if ends.0.is_none() && ends.1.is_none() {
-                    let (r, w) = make_pipe(*pipe_id, pipes)?;
+                    let (r, w) = make_pipe(*pipe_id, self.pipes)?;
                     *ends = (Some(r), Some(w));
                 }
                 let end = if acc == libc::O_WRONLY {
@@ -158,14 +174,14 @@ pub fn prepare(
                 // refill the FIFO's buffer.
                 let keeper = open_path(path, libc::O_RDWR | libc::O_NONBLOCK)
                     .map_err(|e| err(d.id, &format!("open FIFO {path}"), e))?;
-                if let Some(p) = pipes.pipes.iter().find(|p| p.pipe_id == *pipe_id) {
-                    if !p.data.is_empty() && filled_fifos.insert(*pipe_id) {
+                if let Some(p) = self.pipes.pipes.iter().find(|p| p.pipe_id == *pipe_id) {
+                    if !p.data.is_empty() && self.filled_fifos.insert(*pipe_id) {
                         fill_pipe(&keeper, p.capacity, &p.data, *pipe_id)?;
                     }
                 }
                 let fd = open_path(path, acc | libc::O_NONBLOCK)
                     .map_err(|e| err(d.id, &format!("open FIFO {path}"), e))?;
-                keep.push(keeper);
+                self.keep.push(keeper);
                 fd
             }
         };
@@ -182,13 +198,70 @@ pub fn prepare(
         {
             lseek(fd.as_fd(), d.pos as i64, Whence::SeekSet).map_err(|e| err(d.id, "lseek", e))?;
         }
-        descs.insert(d.id, high(fd)?);
+        Ok(fd)
     }
-    for (_, (r, w)) in pipe_ends {
-        keep.extend(r);
-        keep.extend(w);
+
+    fn into_keep(mut self) -> Vec<OwnedFd> {
+        for (_, (r, w)) in self.pipe_ends.drain() {
+            self.keep.extend(r);
+            self.keep.extend(w);
+        }
+        self.keep
     }
-    Ok(Prepared { descs, keep })
+}
+
+/// Opens every description at a number from `fd_base` up. With `defer_paths` (the tree has its
+/// own mount namespace, not built yet), those reached by path get a placeholder instead.
+pub fn prepare(
+    files: &FilesImage,
+    pipes: &PipesImage,
+    fd_base: i32,
+    defer_paths: bool,
+) -> Result<Prepared, RestoreError> {
+    let mut next = fd_base;
+    let mut descs: HashMap<u32, OwnedFd> = HashMap::new();
+    let mut deferred = Vec::new();
+    let mut opener = Opener::new(pipes);
+    for d in &files.descs {
+        let fd = if defer_paths && by_path(&d.kind) {
+            deferred.push(d.id);
+            open_path("/dev/null", libc::O_RDONLY).map_err(|e| err(d.id, "placeholder", e))?
+        } else {
+            let fd_of = |id: u32| descs.get(&id).map(|f| f.as_raw_fd());
+            opener.open(d, &fd_of)?
+        };
+        let r = move_fd_high(&fd, next)?;
+        next = r.as_raw_fd() + 1;
+        descs.insert(d.id, r);
+    }
+    Ok(Prepared {
+        descs,
+        keep: opener.into_keep(),
+        deferred,
+    })
+}
+
+/// In the root of a tree with its own mount namespace, once that namespace is built: opens the
+/// deferred descriptions and puts each at its placeholder's number. The FIFO keepers returned
+/// must stay open until the tree's processes hold their own ends.
+pub fn open_deferred(
+    files: &FilesImage,
+    pipes: &PipesImage,
+    prepared: &Prepared,
+) -> Result<Vec<OwnedFd>, RestoreError> {
+    let mut opener = Opener::new(pipes);
+    let fd_of = |id: u32| prepared.descs.get(&id).map(|f| f.as_raw_fd());
+    for id in &prepared.deferred {
+        let d = files
+            .descs
+            .iter()
+            .find(|d| d.id == *id)
+            .ok_or_else(|| err(*id, "deferred open", "no such description"))?;
+        let fd = opener.open(d, &fd_of)?;
+        let slot = fd_of(*id).ok_or_else(|| err(*id, "deferred open", "no placeholder"))?;
+        sys::syscalls::dup_onto(&fd, slot, true).map_err(|e| err(*id, "dup3", e))?;
+    }
+    Ok(opener.into_keep())
 }
 
 fn open_path(path: &str, flags: i32) -> std::io::Result<OwnedFd> {

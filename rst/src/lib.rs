@@ -11,17 +11,20 @@ pub mod arena;
 pub mod cgroup;
 pub mod files;
 pub mod memory;
+pub mod ns;
 pub mod task;
 pub mod tree;
 pub mod validate;
 
 use std::collections::HashMap;
+use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::time::Instant;
 
 use images_format::core::CoreImage;
 use images_format::files::FilesImage;
 use images_format::mm::{MmImage, PagemapImage};
+use images_format::ns::{NamespacesImage, NsKind};
 use images_format::pipes::PipesImage;
 use images_format::pstree::PstreeImage;
 use images_format::{FormatError, ImageDir};
@@ -58,6 +61,11 @@ pub struct RestoreOptions {
     pub dir: PathBuf,
     /// Do not wait for the root: it is re-parented away from the restorer.
     pub detach: bool,
+    /// The root file system for a tree that had its own mount namespace (a VE's root).
+    pub root: Option<PathBuf>,
+    /// Cgroup paths starting with `.0` are restored under `.1` instead (a VE restored under
+    /// another cgroup root or CTID).
+    pub cgroup_rewrite: Option<(String, String)>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -80,6 +88,7 @@ pub struct Images {
     pub pagemap: PagemapImage,
     pub files: FilesImage,
     pub pipes: PipesImage,
+    pub ns: NamespacesImage,
 }
 
 impl Images {
@@ -92,6 +101,7 @@ impl Images {
             pagemap: dir.read()?,
             files: dir.read()?,
             pipes: dir.read()?,
+            ns: dir.read()?,
             dir,
         })
     }
@@ -132,6 +142,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     // 1. Read and check everything before creating anything.
     let img = Images::load(&opts.dir)?;
     validate::validate(&img)?;
+    ns::check(&img.ns, opts.root.as_deref())?;
     let store = img.dir.page_store(&img.pagemap.store)?;
     // Every page chunk's checksum too: a damaged image must be refused before any process exists.
     store.verify_all()?;
@@ -154,7 +165,8 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     }
     let mut chunks = memory::ChunkCache::new(&store)?;
     let shmem = memory::prepare_shmem(&img.mm.shmem, &img.pagemap.entries, &mut chunks, fd_base)?;
-    let prepared = files::prepare(&img.files, &img.pipes, fd_base)?;
+    let own_mounts = img.ns.own.contains(&NsKind::Mnt);
+    let prepared = files::prepare(&img.files, &img.pipes, fd_base, own_mounts)?;
 
     // 3. The tree, with exact PIDs; each process waits to be seized.
     let layouts: HashMap<i32, Vec<(u64, u64)>> = img
@@ -163,11 +175,41 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
         .iter()
         .map(|m| (m.pid, m.vmas.iter().map(|v| (v.start, v.end)).collect()))
         .collect();
-    let plan = tree::plan(&img.pstree, &layouts);
+    let mut plan = tree::plan(&img.pstree, &layouts);
+    plan.ns_flags = ns::clone_flags(&img.ns);
+    // Run by the root in its new namespaces before it forks: mounts, names, loopback, then
+    // the files that can only be opened there.
+    let root_setup = || -> Result<(), String> {
+        ns::build_in_root(&img.ns, opts.root.as_deref(), &|m, _dir| {
+            Err(format!(
+                "tmpfs {}: contents cannot be restored yet",
+                m.mountpoint
+            ))
+        })?;
+        if own_mounts {
+            let keepers = files::open_deferred(&img.files, &img.pipes, &prepared)
+                .map_err(|e| e.to_string())?;
+            // FIFO keepers stay open in the root builder until its descriptors are installed.
+            std::mem::forget(keepers);
+        }
+        Ok(())
+    };
     let hierarchies = cgroup::Hierarchies::of_this_host()?;
     // Declared before the tree: on failure the tree is killed first, then its new cgroups go.
     let mut new_cgroups = cgroup::CreatedCgroups::default();
-    let mut created = tree::create(&plan, opts.detach)?;
+    // The root is born in its cgroup v2 (and so are all its descendants); the v1 ones and
+    // any other of a process are joined below, while it is still a single-threaded builder.
+    let root_cgroup = match core_of(&img, img.pstree.root_pid) {
+        Ok(core) => hierarchies.open_v2(
+            img.pstree.root_pid,
+            &core.cgroups,
+            opts.cgroup_rewrite.as_ref(),
+            &mut new_cgroups,
+        )?,
+        Err(_) => None,
+    };
+    plan.root_cgroup_fd = root_cgroup.as_ref().map(|fd| fd.as_raw_fd());
+    let mut created = tree::create(&plan, opts.detach, &root_setup)?;
     let create_ms = ms(t0);
 
     // 4. Seize every process, then make each one its dumped self.
@@ -176,7 +218,13 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
         ptrace::wait_for_interrupt_stop(p.host)?;
         ptrace::set_sigmask(p.host, !0)?;
         let core = core_of(&img, p.pid)?;
-        hierarchies.place(p.pid, p.host.as_raw(), &core.cgroups, &mut new_cgroups)?;
+        hierarchies.place(
+            p.pid,
+            p.host.as_raw(),
+            &core.cgroups,
+            opts.cgroup_rewrite.as_ref(),
+            &mut new_cgroups,
+        )?;
     }
     let mut threads_of: HashMap<i32, Vec<Pid>> = HashMap::new();
     let mut stats = RestoreStats {

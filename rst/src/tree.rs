@@ -33,7 +33,15 @@ const REPORT_TIMEOUT: Duration = Duration::from_secs(20);
 pub struct Plan {
     pub procs: Vec<PlanProc>,
     pub ns_init: bool,
+    /// `CLONE_NEW*` flags of the other namespaces the root is created in.
+    pub ns_flags: u64,
+    /// A cgroup v2 directory the root is born in (`CLONE_INTO_CGROUP`).
+    pub root_cgroup_fd: Option<i32>,
 }
+
+/// What the root builder does first, in its new namespaces, before it forks its children.
+/// An error message goes back to the restorer.
+pub type RootSetup<'a> = &'a dyn Fn() -> Result<(), String>;
 
 pub struct PlanProc {
     pub pid: i32,
@@ -57,6 +65,8 @@ pub struct PlanProc {
 struct BuilderFds {
     report: i32,
     release: i32,
+    /// Where the root builder writes why its setup failed.
+    message: i32,
 }
 
 /// `Report::value` of a zombie that joined its group and is about to exit.
@@ -167,7 +177,13 @@ fn clone_with_pid(opts: &CloneOpts<'_>, child: impl Fn() -> i32) -> Result<Pid, 
 }
 
 /// Runs in every new process: session, group, syscall page, children, report, wait.
-fn build(plan: &Plan, idx: usize, fds: BuilderFds, die_with_parent: bool) -> i32 {
+fn build(
+    plan: &Plan,
+    idx: usize,
+    fds: BuilderFds,
+    die_with_parent: bool,
+    setup: RootSetup<'_>,
+) -> i32 {
     let report_fd = fds.report;
     let me = &plan.procs[idx];
     // A builder dies with its parent until its real pdeath signal is restored; not a detached
@@ -188,6 +204,12 @@ fn build(plan: &Plan, idx: usize, fds: BuilderFds, die_with_parent: bool) -> i32
         );
         1
     };
+    if idx == 0 {
+        if let Err(msg) = setup() {
+            let _ = sys::syscalls::write_raw(fds.message, msg.as_bytes());
+            return fail(Errno::EPROTO);
+        }
+    }
     // Sessions and groups that the image says this process leads; others are inherited from
     // the parent or joined by a remote setpgid once every group leader exists.
     if me.sid == me.pid {
@@ -252,7 +274,7 @@ fn build(plan: &Plan, idx: usize, fds: BuilderFds, die_with_parent: bool) -> i32
             exit_signal: libc::SIGCHLD,
             cgroup_fd: None,
         };
-        if let Err(e) = clone_with_pid(&opts, || build(plan, c, fds, true)) {
+        if let Err(e) = clone_with_pid(&opts, || build(plan, c, fds, true, setup)) {
             let errno = match e {
                 SysError::Syscall { source, .. } => source,
                 _ => Errno::EINVAL,
@@ -281,26 +303,31 @@ fn build(plan: &Plan, idx: usize, fds: BuilderFds, die_with_parent: bool) -> i32
 
 /// Creates the whole tree. With `detach`, the root is created by an intermediate process that
 /// exits at once, so the root is not the restorer's child.
-pub fn create(plan: &Plan, detach: bool) -> Result<Created, RestoreError> {
+pub fn create(plan: &Plan, detach: bool, setup: RootSetup<'_>) -> Result<Created, RestoreError> {
     let (report_r, report_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
         .map_err(|e| RestoreError::Tree(format!("pipe2: {e}")))?;
     let (release_r, release_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
         .map_err(|e| RestoreError::Tree(format!("pipe2: {e}")))?;
+    let (message_r, message_w) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)
+            .map_err(|e| RestoreError::Tree(format!("pipe2: {e}")))?;
     let fds = BuilderFds {
         report: report_w.as_raw_fd(),
         release: release_r.as_raw_fd(),
+        message: message_w.as_raw_fd(),
     };
     let root = &plan.procs[0];
     let root_tid = [if plan.ns_init { 1 } else { root.pid }];
     let root_opts = CloneOpts {
-        flags: if plan.ns_init {
-            libc::CLONE_NEWPID as u64
-        } else {
-            0
-        },
+        flags: plan.ns_flags
+            | if plan.ns_init {
+                libc::CLONE_NEWPID as u64
+            } else {
+                0
+            },
         set_tid: &root_tid,
         exit_signal: libc::SIGCHLD,
-        cgroup_fd: None,
+        cgroup_fd: plan.root_cgroup_fd,
     };
     let (root_host, root_is_child) = if detach {
         let mid = clone3_process(
@@ -308,7 +335,7 @@ pub fn create(plan: &Plan, detach: bool) -> Result<Created, RestoreError> {
                 exit_signal: libc::SIGCHLD,
                 ..Default::default()
             },
-            || match clone_with_pid(&root_opts, || build(plan, 0, fds, false)) {
+            || match clone_with_pid(&root_opts, || build(plan, 0, fds, false, setup)) {
                 Ok(pid) => {
                     write_report(
                         fds.report,
@@ -341,7 +368,7 @@ pub fn create(plan: &Plan, detach: bool) -> Result<Created, RestoreError> {
         let _ = waitpid(mid, None);
         (None, false)
     } else {
-        let pid = clone_with_pid(&root_opts, || build(plan, 0, fds, true)).map_err(|e| {
+        let pid = clone_with_pid(&root_opts, || build(plan, 0, fds, true, setup)).map_err(|e| {
             RestoreError::Tree(format!(
                 "cannot create the root process with PID {}: {e}",
                 root.pid
@@ -350,6 +377,7 @@ pub fn create(plan: &Plan, detach: bool) -> Result<Created, RestoreError> {
         (Some(pid), true)
     };
     drop(report_w);
+    drop(message_w);
 
     let mut created = Created {
         root_host: root_host.unwrap_or(Pid::from_raw(0)),
@@ -374,6 +402,15 @@ pub fn create(plan: &Plan, detach: bool) -> Result<Created, RestoreError> {
                         created.root_host = Pid::from_raw(more.value as i32);
                     }
                 }
+            }
+            let mut msg = vec![0u8; 4096];
+            let n = sys::syscalls::read_raw(message_r.as_raw_fd(), &mut msg).unwrap_or(0);
+            if n > 0 {
+                return Err(RestoreError::Tree(format!(
+                    "cannot set up the namespaces of process {}: {}",
+                    r.pid,
+                    String::from_utf8_lossy(&msg[..n])
+                )));
             }
             return Err(RestoreError::Tree(format!(
                 "cannot create process {}: {}",
@@ -555,6 +592,8 @@ pub fn plan(pstree: &PstreeImage, layouts: &HashMap<i32, Vec<(u64, u64)>>) -> Pl
     Plan {
         procs,
         ns_init: pstree.pid_ns_init,
+        ns_flags: 0,
+        root_cgroup_fd: None,
     }
 }
 

@@ -8,8 +8,10 @@
 
 pub mod clone;
 pub mod features;
+pub mod ns;
 pub mod ptrace;
 pub mod remote;
+pub mod signals;
 pub mod syscalls;
 
 pub use nix::unistd::Pid;

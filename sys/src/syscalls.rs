@@ -233,3 +233,60 @@ pub fn dup_at_least(fd: impl AsFd, min: i32) -> Result<OwnedFd> {
     // SAFETY: F_DUPFD_CLOEXEC returned a new descriptor that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(r) })
 }
+
+/// `dup3(fd, slot)`: makes descriptor number `slot` (owned elsewhere, e.g. by an `OwnedFd`
+/// holding a placeholder, or a standard stream) refer to `fd`'s open file description.
+pub fn dup_onto(fd: impl AsFd, slot: i32, cloexec: bool) -> Result<()> {
+    let flags = if cloexec { libc::O_CLOEXEC } else { 0 };
+    // SAFETY: dup3 only changes which description number `slot` refers to; its owner keeps
+    // owning the number, and `fd` is borrowed for the call.
+    let r = unsafe { libc::dup3(fd.as_fd().as_raw_fd(), slot, flags) };
+    Errno::result(r).map_err(sys_err("dup3"))?;
+    Ok(())
+}
+
+/// Proof that the process was single-threaded when it was made. Take it right before the
+/// operation that needs it, with nothing in between that could start a thread; it cannot be
+/// sent to another thread.
+pub struct SingleThreaded(std::marker::PhantomData<*const ()>);
+
+impl SingleThreaded {
+    /// Checks that `/proc/self/task` lists one thread.
+    pub fn check() -> Result<Self> {
+        let threads = std::fs::read_dir("/proc/thread-self/..")
+            .map(|d| d.count())
+            .unwrap_or(0);
+        if threads != 1 {
+            return Err(crate::SysError::Invalid {
+                op: "fork",
+                reason: format!("the caller must be single-threaded, it has {threads} threads"),
+            });
+        }
+        Ok(SingleThreaded(std::marker::PhantomData))
+    }
+}
+
+/// `fork(2)` for a caller that is single-threaded (`_proof`), so the child may run ordinary
+/// code, allocation included, before it execs or exits.
+pub fn fork_single_threaded(_proof: &SingleThreaded) -> Result<nix::unistd::ForkResult> {
+    // SAFETY: the caller is single-threaded (the proof was taken without starting a thread
+    // since, and cannot cross threads), so no lock of the copied address space is held by a
+    // thread that would not exist in the child.
+    unsafe { nix::unistd::fork() }.map_err(sys_err("fork"))
+}
+
+/// Closes every descriptor from 3 up but `keep`, in a process about to exec
+/// (`close_range(2)`), so that nothing its parent left open leaks into the program it becomes.
+pub fn close_inherited_before_exec(keep: Option<i32>) -> Result<()> {
+    let ranges = match keep {
+        Some(k) if k >= 3 => vec![(3, k as u32 - 1), (k as u32 + 1, u32::MAX)],
+        _ => vec![(3, u32::MAX)],
+    };
+    for (first, last) in ranges.into_iter().filter(|(f, l)| f <= l) {
+        // SAFETY: only called right before exec in a freshly forked child: the descriptors
+        // closed here are not used again by any object of this process image.
+        let r = unsafe { libc::close_range(first, last, 0) };
+        Errno::result(r).map_err(sys_err("close_range"))?;
+    }
+    Ok(())
+}

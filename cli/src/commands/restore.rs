@@ -16,6 +16,10 @@ pub struct RestoreArgs {
     /// Write the root PID to this file.
     #[arg(long, value_name = "FILE")]
     pub pidfile: Option<PathBuf>,
+    /// Root file system of a tree that had its own mount namespace (its mounts are rebuilt
+    /// on it, then it becomes the tree's root).
+    #[arg(long, value_name = "DIR")]
+    pub root: Option<PathBuf>,
     /// Print the figures as one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -25,6 +29,8 @@ pub fn run(a: &RestoreArgs) -> anyhow::Result<i32> {
     let restored = rst::restore(&RestoreOptions {
         dir: a.dir.clone(),
         detach: a.detach,
+        root: a.root.clone(),
+        cgroup_rewrite: None,
     })
     .with_context(|| format!("restore from {} failed", a.dir.display()))?;
     let stats = restored.stats.clone();

@@ -5,6 +5,7 @@ use clap::Args;
 use images_format::core::CoreImage;
 use images_format::files::FilesImage;
 use images_format::mm::{MmImage, PagemapImage};
+use images_format::ns::NamespacesImage;
 use images_format::pipes::PipesImage;
 use images_format::pstree::PstreeImage;
 use images_format::ImageDir;
@@ -28,6 +29,7 @@ struct Everything {
     pagemap: PagemapImage,
     files: FilesImage,
     pipes: PipesImage,
+    ns: NamespacesImage,
 }
 
 pub fn run(a: &ShowArgs) -> anyhow::Result<i32> {
@@ -41,6 +43,7 @@ pub fn run(a: &ShowArgs) -> anyhow::Result<i32> {
         pagemap: dir.read()?,
         files: dir.read()?,
         pipes: dir.read()?,
+        ns: dir.read()?,
     };
     if a.json {
         super::print_json(&all)?;
@@ -125,6 +128,20 @@ pub fn run(a: &ShowArgs) -> anyhow::Result<i32> {
             p.pipe_id,
             p.capacity,
             p.data.len()
+        );
+    }
+    let ns = &all.ns;
+    println!("\n== namespaces (own: {:?})", ns.own);
+    if let Some(u) = &ns.uts {
+        println!("  hostname {:?} domainname {:?}", u.hostname, u.domainname);
+    }
+    if let Some(n) = &ns.net {
+        println!("  loopback up: {}", n.loopback_up);
+    }
+    for m in &ns.mounts {
+        println!(
+            "  mount {} parent {} {} {} ({}) flags {:#x} options {:?} {:?}",
+            m.id, m.parent_id, m.mountpoint, m.fstype, m.source, m.flags, m.fs_options, m.kind
         );
     }
     Ok(0)

@@ -1,0 +1,233 @@
+//! `vzctl`: the VE lifecycle verbs (see the `ve` crate for what each does).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+use ve::config::parse_size;
+use ve::{Layout, VeConfig};
+
+#[derive(Subcommand, Debug)]
+pub enum VzctlCommand {
+    /// Create a VE: its config and private area.
+    Create(CreateArgs),
+    /// Start a stopped VE.
+    Start(CtidArgs),
+    /// Stop a running VE (SIGTERM to its init, then kill what is left).
+    Stop(StopArgs),
+    /// Stop, then start.
+    Restart(StopArgs),
+    /// Print the VE's status.
+    Status(StatusArgs),
+    /// Run a command inside the running VE and exit with its status.
+    Exec(ExecArgs),
+    /// Run an interactive shell inside the running VE.
+    Enter(CtidArgs),
+    /// Remove a stopped VE: config, private area, image.
+    Destroy(CtidArgs),
+    /// Freeze every process of the VE (cgroup freezer).
+    Suspend(CtidArgs),
+    /// Thaw a suspended VE.
+    Resume(CtidArgs),
+    /// Checkpoint the VE into an image; it is stopped unless --leave-running.
+    Chkpnt(ChkpntArgs),
+    /// Restore the VE from its image.
+    Restore(RestoreVeArgs),
+    /// Change limits (and names): applied to a running VE, and with --save to its config.
+    Set(SetArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct CtidArgs {
+    pub ctid: u32,
+}
+
+#[derive(Args, Debug)]
+pub struct CreateArgs {
+    pub ctid: u32,
+    #[arg(long)]
+    pub hostname: Option<String>,
+    /// Base of the root file system (default: the host's /, seen through an overlay).
+    #[arg(long, value_name = "DIR")]
+    pub root: Option<PathBuf>,
+    /// Shell command the VE runs under its init; the VE stops when it exits.
+    #[arg(long, value_name = "SHELL-COMMAND")]
+    pub command: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct StopArgs {
+    pub ctid: u32,
+    /// Seconds to wait after SIGTERM before killing what is left.
+    #[arg(long, default_value_t = 10)]
+    pub timeout: u64,
+}
+
+#[derive(Args, Debug)]
+pub struct StatusArgs {
+    pub ctid: u32,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ExecArgs {
+    pub ctid: u32,
+    /// The command and its arguments.
+    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+    pub command: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct ChkpntArgs {
+    pub ctid: u32,
+    /// Image directory (default: $VZ_DIR/dump/CTID).
+    #[arg(long, value_name = "DIR")]
+    pub dumpfile: Option<PathBuf>,
+    /// Keep the VE running: a snapshot.
+    #[arg(long)]
+    pub leave_running: bool,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct RestoreVeArgs {
+    pub ctid: u32,
+    /// Image directory (default: $VZ_DIR/dump/CTID, removed after a successful restore).
+    #[arg(long, value_name = "DIR")]
+    pub dumpfile: Option<PathBuf>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct SetArgs {
+    pub ctid: u32,
+    /// Memory limit (e.g. 512M, 2G; "unlimited" lifts it).
+    #[arg(long)]
+    pub memory: Option<String>,
+    /// Maximum number of tasks ("unlimited" lifts it).
+    #[arg(long)]
+    pub pids: Option<String>,
+    /// CPU bandwidth in CPUs, e.g. 0.5 ("unlimited" lifts it).
+    #[arg(long)]
+    pub cpus: Option<String>,
+    /// Host name (applies at the next start).
+    #[arg(long)]
+    pub hostname: Option<String>,
+    /// Shell command of the VE (applies at the next start).
+    #[arg(long)]
+    pub command: Option<String>,
+    /// Write the change to the VE's config.
+    #[arg(long)]
+    pub save: bool,
+}
+
+fn limit<T>(
+    v: &Option<String>,
+    parse: impl Fn(&str) -> Result<T, String>,
+) -> anyhow::Result<Option<Option<T>>> {
+    Ok(match v.as_deref() {
+        None => None,
+        Some("unlimited") => Some(None),
+        Some(s) => Some(Some(parse(s).map_err(anyhow::Error::msg)?)),
+    })
+}
+
+pub fn run(cmd: &VzctlCommand) -> anyhow::Result<i32> {
+    let layout = Layout::from_env();
+    match cmd {
+        VzctlCommand::Create(a) => {
+            let cfg = VeConfig {
+                hostname: a.hostname.clone(),
+                command: a.command.clone(),
+                root: a.root.clone(),
+                ..Default::default()
+            };
+            ve::ops::create(&layout, a.ctid, &cfg)?;
+            eprintln!("VE {} created", a.ctid);
+        }
+        VzctlCommand::Start(a) => {
+            let pid = ve::start::start(&layout, a.ctid)?;
+            eprintln!("VE {} started (init PID {pid})", a.ctid);
+        }
+        VzctlCommand::Stop(a) => {
+            ve::ops::stop(&layout, a.ctid, Duration::from_secs(a.timeout))?;
+            eprintln!("VE {} stopped", a.ctid);
+        }
+        VzctlCommand::Restart(a) => {
+            ve::ops::stop(&layout, a.ctid, Duration::from_secs(a.timeout))?;
+            let pid = ve::start::start(&layout, a.ctid)?;
+            eprintln!("VE {} restarted (init PID {pid})", a.ctid);
+        }
+        VzctlCommand::Status(a) => {
+            let s = ve::ops::status(&layout, a.ctid)?;
+            if a.json {
+                super::print_json(&serde_json::json!({ "ctid": a.ctid, "status": s }))?;
+            } else {
+                println!("VE {} {s}", a.ctid);
+            }
+        }
+        VzctlCommand::Exec(a) => return Ok(ve::ops::exec(&layout, a.ctid, &a.command)?),
+        VzctlCommand::Enter(a) => {
+            let shell = ["/bin/bash", "/bin/sh"]
+                .into_iter()
+                .find(|s| layout.root(a.ctid).join(&s[1..]).exists())
+                .unwrap_or("/bin/sh");
+            return Ok(ve::ops::exec(
+                &layout,
+                a.ctid,
+                &[shell.to_string(), "-i".into()],
+            )?);
+        }
+        VzctlCommand::Destroy(a) => {
+            ve::ops::destroy(&layout, a.ctid)?;
+            eprintln!("VE {} destroyed", a.ctid);
+        }
+        VzctlCommand::Suspend(a) => ve::ops::suspend(&layout, a.ctid)?,
+        VzctlCommand::Resume(a) => ve::ops::resume(&layout, a.ctid)?,
+        VzctlCommand::Chkpnt(a) => {
+            let stats = ve::ops::chkpnt(&layout, a.ctid, a.dumpfile.as_deref(), a.leave_running)?;
+            if a.json {
+                super::print_json(&stats)?;
+            } else {
+                eprintln!(
+                    "VE {} checkpointed: {} processes, frozen {:.1} ms, total {:.1} ms",
+                    a.ctid, stats.processes, stats.frozen_ms, stats.total_ms
+                );
+            }
+        }
+        VzctlCommand::Restore(a) => {
+            let stats = ve::ops::restore(&layout, a.ctid, a.dumpfile.as_deref())?;
+            if a.json {
+                super::print_json(&stats)?;
+            } else {
+                eprintln!(
+                    "VE {} restored: {} processes, total {:.1} ms",
+                    a.ctid, stats.processes, stats.total_ms
+                );
+            }
+        }
+        VzctlCommand::Set(a) => {
+            let mut cfg = ve::ops::load_config(&layout, a.ctid)?;
+            if let Some(m) = limit(&a.memory, parse_size)? {
+                cfg.memory = m;
+            }
+            if let Some(p) = limit(&a.pids, |s| s.parse::<u64>().map_err(|e| e.to_string()))? {
+                cfg.pids = p;
+            }
+            if let Some(c) = limit(&a.cpus, |s| s.parse::<f64>().map_err(|e| e.to_string()))? {
+                cfg.cpus = c;
+            }
+            if a.hostname.is_some() {
+                cfg.hostname = a.hostname.clone();
+            }
+            if a.command.is_some() {
+                cfg.command = a.command.clone();
+            }
+            ve::ops::set(&layout, a.ctid, &cfg, a.save)?;
+        }
+    }
+    Ok(0)
+}

@@ -1,0 +1,298 @@
+//! VEs end to end through `vzctl` and `vzlist`: the lifecycle verbs and their refusals, and
+//! checkpoint/restore of whole VEs (namespaces, mounts, tmpfs contents, private area, host
+//! name, process trees in several sessions), repeatedly.
+//!
+//! Each trial is a bash script run as PID 1 of its own PID and mount namespaces with its own
+//! `$VZ_DIR` and `$VZ_CGROUP`, so trials run side by side like separate hosts: whatever they
+//! start dies with them, their VE root mounts vanish with their mount namespace, and their
+//! cgroups are removed afterwards whatever happened. The script prints `OK` last.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use libtest_mimic::{Arguments, Failed, Trial};
+
+const PRELUDE: &str = r#"
+set -u
+fail() { echo "FAIL: $*"; exit 1; }
+vz() { "$BIN/vzctl" "$@"; }
+# Stops every VE of this "host" when the script ends, however it ends.
+cleanup() { for c in $(ls "$VZ_DIR/conf" 2>/dev/null | sed -n 's/\.conf$//p'); do vz stop "$c" --timeout 1 >/dev/null 2>&1; done; }
+trap cleanup EXIT
+# in_ve CTID CMD...: run inside the VE, fail the trial on error.
+in_ve() { local c=$1; shift; vz exec "$c" "$@" || fail "vzctl exec $c $* exited $?"; }
+# until_true SECONDS CMD...: retry until it succeeds.
+until_true() { local n=$(( $1 * 20 )); shift; while ! "$@" >/dev/null 2>&1; do n=$((n-1)); [ $n -gt 0 ] || return 1; sleep 0.05; done; }
+status_is() { [ "$(vz status "$1")" = "VE $1 $2" ]; }
+# ve_runs CTID PATTERN: a process of the VE has PATTERN in its command line.
+ve_runs() { vz exec "$1" ps -eo args= | grep -q "$2"; }
+# ve_nproc_at_least CTID N
+ve_nproc_at_least() { [ "$(vz exec "$1" ps -e --no-headers | wc -l)" -ge "$2" ]; }
+# A shell loop that counts in memory and writes the count to tmpfs (/tmp) and to the private
+# area (/root/log, one line per step): after a restore the log must go on without a gap.
+LOOP='i=0; while :; do i=$((i+1)); echo $i > /tmp/count; echo $i >> /root/log; sleep 0.05; done'
+# log_contiguous CTID: /root/log is 1, 2, 3, ... with nothing lost or repeated.
+log_contiguous() { awk 'NR != $1 { bad = 1 } END { exit bad }' "$VZ_DIR/private/$1/upper/root/log"; }
+"#;
+
+/// Every verb on a VE, and each refusal with a clear message.
+const LIFECYCLE: &str = r#"
+vz create 101 --hostname web1 || fail "create"
+vz create 101 2>&1 | grep -q "already exists" || fail "second create was not refused"
+status_is 101 stopped || fail "status after create: $(vz status 101)"
+out=$(vz chkpnt 101 2>&1) && fail "chkpnt of a stopped VE succeeded"
+echo "$out" | grep -q "stopped" || fail "chkpnt refusal does not say it is stopped: $out"
+vz exec 101 true 2>/dev/null && fail "exec in a stopped VE succeeded"
+vz start 101 || fail "start"
+status_is 101 running || fail "status after start: $(vz status 101)"
+vz start 101 2>/dev/null && fail "second start succeeded"
+[ "$(vz exec 101 hostname)" = web1 ] || fail "hostname in the VE: $(vz exec 101 hostname)"
+[ "$(vz exec 101 cat /proc/1/comm)" = vzinit ] || fail "PID 1 of the VE is $(vz exec 101 cat /proc/1/comm)"
+vz exec 101 ps ax | grep -q vzinit || fail "ps ax in the VE does not show its init"
+vz exec 101 sh -c 'exit 3'; [ $? = 3 ] || fail "exec does not pass on the exit status"
+# Its own /dev, /tmp and loopback; programs of the host run.
+vz exec 101 sh -c 'echo x > /dev/null && [ -c /dev/urandom ] && [ -d /dev/pts ] && [ -k /tmp ]' || fail "/dev or /tmp"
+vz exec 101 python3 -c 'import socket; s = socket.create_connection' || fail "python3 does not run in the VE"
+vz exec 101 cat /proc/net/dev | grep -q 'lo:' || fail "no loopback in the VE"
+[ "$(vz exec 101 cat /proc/net/dev | grep -c ':')" = 1 ] || fail "the VE sees more links than lo"
+vz exec 101 sh -c 'echo private > /root/file' || fail "write in the VE"
+[ "$(cat $VZ_DIR/private/101/upper/root/file)" = private ] || fail "the file is not in the private area"
+[ -e /root/file ] && [ "$(cat /root/file)" = private ] && fail "the VE wrote to the host's /root"
+"$BIN/vzlist" | grep -E '^ +101 +[0-9]+ running +web1$' >/dev/null || fail "vzlist: $("$BIN/vzlist")"
+"$BIN/vzlist" --json | python3 -c 'import json,sys; v = json.load(sys.stdin)["ves"]; assert v[0]["ctid"] == 101 and v[0]["status"] == "running", v' || fail "vzlist --json"
+vz set 101 --memory 256M --pids 100 --cpus 0.5 --save || fail "set"
+grep -q 'memory = 268435456' "$VZ_DIR/conf/101.conf" || fail "set --save did not write the config: $(cat $VZ_DIR/conf/101.conf)"
+[ "$(cat /sys/fs/cgroup/memory/$VZ_CGROUP/101/memory.limit_in_bytes)" = 268435456 ] || fail "memory limit not applied"
+[ "$(cat /sys/fs/cgroup/pids/$VZ_CGROUP/101/pids.max)" = 100 ] || fail "pids limit not applied"
+[ "$(cat /sys/fs/cgroup/cpu/$VZ_CGROUP/101/cpu.cfs_quota_us)" = 50000 ] || fail "cpu limit not applied"
+vz suspend 101 || fail "suspend"
+status_is 101 suspended || fail "status after suspend: $(vz status 101)"
+grep -q 'frozen 1' "/sys/fs/cgroup/unified/$VZ_CGROUP/101/cgroup.events" || fail "not frozen"
+vz exec 101 true 2>/dev/null && fail "exec in a suspended VE succeeded"
+vz resume 101 || fail "resume"
+status_is 101 running || fail "status after resume: $(vz status 101)"
+vz destroy 101 2>&1 | grep -q "stop it" || fail "destroy of a running VE was not refused"
+vz restart 101 || fail "restart"
+status_is 101 running || fail "status after restart"
+vz stop 101 || fail "stop"
+status_is 101 stopped || fail "status after stop: $(vz status 101)"
+[ -d "/sys/fs/cgroup/unified/$VZ_CGROUP/101" ] && fail "stop left the VE's cgroup"
+grep -q " $VZ_DIR/root/101 " /proc/self/mountinfo && fail "stop left the root mounted"
+# Limits are applied at the next start from the config.
+vz start 101 || fail "start with limits"
+[ "$(cat /sys/fs/cgroup/pids/$VZ_CGROUP/101/pids.max)" = 100 ] || fail "saved pids limit not applied at start"
+vz stop 101 || fail "stop"
+vz destroy 101 || fail "destroy"
+status_is 101 absent || fail "status after destroy: $(vz status 101)"
+[ -e "$VZ_DIR/private/101" ] && fail "destroy left the private area"
+vz start 101 2>&1 | grep -q "does not exist" || fail "start of a destroyed VE"
+echo OK
+"#;
+
+/// A VE running a shell loop, checkpointed and restored 10 times: after each restore the
+/// count goes on from memory, /tmp (tmpfs) and the private area are as they were, and the
+/// host name and PIDs are kept. One round keeps it running (a snapshot) and restores the
+/// snapshot after the VE is stopped.
+const SHELL_LOOP_CYCLES: &str = r#"
+vz create 102 --hostname loop1 --command "$LOOP" || fail "create"
+vz start 102 || fail "start"
+until_true 5 vz exec 102 test -s /tmp/count || fail "the loop does not run"
+pids_before=$(vz exec 102 ps -eo pid=,comm= | grep -v ' ps$' | sort)
+for round in 1 2 3 4 5 6 7 8 9 10; do
+    vz chkpnt 102 || fail "chkpnt round $round"
+    status_is 102 dumped || fail "status after chkpnt round $round: $(vz status 102)"
+    [ -d "/sys/fs/cgroup/unified/$VZ_CGROUP/102" ] && fail "chkpnt left the cgroup (round $round)"
+    last=$(tail -n1 "$VZ_DIR/private/102/upper/root/log")
+    vz restore 102 || fail "restore round $round"
+    status_is 102 running || fail "status after restore round $round: $(vz status 102)"
+    [ -d "$VZ_DIR/dump/102" ] && fail "the default image stays after restore (round $round)"
+    until_true 5 sh -c "[ \$(tail -n1 $VZ_DIR/private/102/upper/root/log) -gt $last ]" || fail "the loop does not go on after restore round $round"
+    log_contiguous 102 || fail "the log has a gap or restarted (round $round): $(tail -n5 $VZ_DIR/private/102/upper/root/log)"
+    count=$(vz exec 102 cat /tmp/count)
+    [ "$count" -gt "$last" ] || fail "/tmp/count $count is not past $last (round $round)"
+    [ "$(vz exec 102 hostname)" = loop1 ] || fail "hostname lost (round $round)"
+    pids=$(vz exec 102 ps -eo pid=,comm= | grep -v ' ps$' | sort)
+    [ "$(echo "$pids" | grep -v sleep)" = "$(echo "$pids_before" | grep -v sleep)" ] || fail "PIDs changed: [$pids_before] -> [$pids]"
+done
+vz chkpnt 102 --leave-running --dumpfile "$WORK/snap" || fail "chkpnt --leave-running"
+status_is 102 running || fail "a snapshot stopped the VE"
+snap=$(tail -n1 "$VZ_DIR/private/102/upper/root/log")
+until_true 5 sh -c "[ \$(tail -n1 $VZ_DIR/private/102/upper/root/log) -gt $((snap + 3)) ]" || fail "the VE does not go on after a snapshot"
+vz stop 102 || fail "stop"
+vz restore 102 --dumpfile "$WORK/snap" || fail "restore of the snapshot"
+[ -d "$WORK/snap" ] || fail "a --dumpfile image was removed"
+until_true 5 vz exec 102 true || fail "exec after the snapshot's restore"
+count=$(vz exec 102 cat /tmp/count)
+echo "snapshot at $snap, count now $count"
+echo OK
+"#;
+
+/// A VE whose init has a tree of 10 processes in two sessions and three process groups:
+/// after a checkpoint and restore, every PID, parent, group and session is the same.
+const TREE_TWO_SESSIONS: &str = r#"
+TREE='for i in 1 2 3; do sleep 1000 & done; setsid sh -c "for i in 1 2; do sleep 1000 & done; sh -c \"sleep 1000 & sleep 1000 & wait\" & wait" & wait'
+vz create 103 --command "$TREE" || fail "create"
+vz start 103 || fail "start"
+until_true 5 ve_nproc_at_least 103 12 || fail "the tree is not complete: $(vz exec 103 ps -eo pid,ppid,pgid,sid,comm)"
+tree() { vz exec 103 ps -eo pid=,ppid=,pgid=,sid=,comm= | grep -v ' ps$' | sort -n; }
+before=$(tree)
+n=$(echo "$before" | wc -l)
+[ "$n" = 11 ] || fail "expected init + 10 processes, got $n: $before"
+[ "$(echo "$before" | awk '{print $4}' | sort -u | wc -l)" = 2 ] || fail "expected 2 sessions: $before"
+vz chkpnt 103 || fail "chkpnt"
+vz restore 103 || fail "restore"
+after=$(tree)
+[ "$before" = "$after" ] || fail "tree changed: before
+$before
+after
+$after"
+echo OK
+"#;
+
+/// Failures leave things as they were: a chkpnt that meets what it cannot dump leaves the VE
+/// running and thawed; a restore over a running VE is refused; a restore that fails leaves
+/// the VE absent of the host (no process, cgroup or mount) and its image in place.
+const FAILURES: &str = r#"
+vz create 104 --command 'exec python3 -c "import socket, time; s = socket.socket(); open(\"/tmp/ready\", \"w\"); time.sleep(1000)"' || fail "create"
+vz start 104 || fail "start"
+until_true 10 vz exec 104 test -e /tmp/ready || fail "python does not run"
+out=$(vz chkpnt 104 2>&1) && fail "chkpnt of a VE with a socket succeeded"
+echo "$out" | grep -q socket || fail "the error does not name the socket: $out"
+status_is 104 running || fail "a failed chkpnt left the VE $(vz status 104)"
+grep -q 'frozen 0' "/sys/fs/cgroup/unified/$VZ_CGROUP/104/cgroup.events" || fail "a failed chkpnt left the VE frozen"
+[ -e "$VZ_DIR/dump/104" ] && fail "a failed chkpnt left an image"
+vz stop 104 || fail "stop"
+vz create 105 --command "$LOOP" || fail "create 105"
+vz start 105 || fail "start 105"
+until_true 5 vz exec 105 test -s /tmp/count || fail "the loop does not run"
+vz chkpnt 105 --leave-running --dumpfile "$WORK/img" || fail "chkpnt"
+out=$(vz restore 105 --dumpfile "$WORK/img" 2>&1) && fail "restore over a running VE succeeded"
+echo "$out" | grep -q "running" || fail "the refusal does not say the VE runs: $out"
+vz stop 105 || fail "stop 105"
+# Damage the image's page store: the restore must fail before anything runs, and clean up.
+printf 'XXXX' | dd of="$WORK/img/pages" bs=1 seek=5000 conv=notrunc 2>/dev/null
+out=$(vz restore 105 --dumpfile "$WORK/img" 2>&1) && fail "restore of a damaged image succeeded"
+echo "$out" | grep -qi "checksum\|crc" || fail "the error does not name the damage: $out"
+status_is 105 stopped || fail "status after a failed restore: $(vz status 105)"
+[ -d "/sys/fs/cgroup/unified/$VZ_CGROUP/105" ] && fail "a failed restore left the cgroup"
+grep -q " $VZ_DIR/root/105 " /proc/self/mountinfo && fail "a failed restore left the root mounted"
+echo OK
+"#;
+
+fn bins() -> anyhow::Result<PathBuf> {
+    let vzctl = tests::paths::cli_bin("vzctl")?;
+    for b in ["vzlist", "vzinit"] {
+        tests::paths::cli_bin(b)?;
+    }
+    Ok(vzctl.parent().map(Path::to_path_buf).unwrap_or_default())
+}
+
+/// Removes `$VZ_CGROUP` and everything below it in every hierarchy (killing what is left).
+fn remove_cgroups(name: &str) {
+    let Ok(hiers) = std::fs::read_dir("/sys/fs/cgroup") else {
+        return;
+    };
+    for h in hiers.flatten() {
+        let top = h.path().join(name);
+        if top.is_dir() {
+            remove_tree(&top);
+        }
+    }
+}
+
+fn remove_tree(dir: &Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                remove_tree(&e.path());
+            }
+        }
+    }
+    let _ = std::fs::write(dir.join("cgroup.kill"), "1");
+    for _ in 0..200 {
+        if std::fs::remove_dir(dir).is_ok() || !dir.exists() {
+            return;
+        }
+        if let Ok(procs) = std::fs::read_to_string(dir.join("cgroup.procs")) {
+            for p in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(p),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+fn run_script(name: &str, body: &str) -> Result<(), Failed> {
+    let bin = bins().map_err(|e| Failed::from(format!("{e:#}")))?;
+    let tag = format!("{name}-{}", std::process::id());
+    let work = tests::paths::profile_dir()
+        .join("test-work")
+        .join(format!("ve-{tag}"));
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work).map_err(|e| Failed::from(e.to_string()))?;
+    let cgroup = format!("vzt-{tag}");
+    let out = Command::new("timeout")
+        .args([
+            "300",
+            "unshare",
+            "--pid",
+            "--fork",
+            "--mount-proc",
+            "--kill-child",
+        ])
+        .args(["bash", "-c", &format!("{PRELUDE}\n{body}")])
+        .env("BIN", &bin)
+        .env("WORK", &work)
+        .env("VZ_DIR", work.join("vz"))
+        .env("VZ_CGROUP", &cgroup)
+        .output();
+    remove_cgroups(&cgroup);
+    let out = out.map_err(|e| Failed::from(format!("run bash: {e}")))?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if out.status.success() && text.lines().any(|l| l == "OK") {
+        let _ = std::fs::remove_dir_all(&work);
+        Ok(())
+    } else {
+        Err(format!("{name}: {}\n{text}", out.status).into())
+    }
+}
+
+fn main() {
+    let args = Arguments::from_args();
+    let mut skip = None;
+    if !nix::unistd::geteuid().is_root() {
+        skip = Some("needs root (namespaces, mounts, cgroups)".to_string());
+    } else if !Path::new("/sys/fs/cgroup/unified/cgroup.freeze").exists()
+        && !Path::new("/sys/fs/cgroup/unified/cgroup.procs").exists()
+    {
+        skip = Some("needs cgroup v2 at /sys/fs/cgroup/unified (the VE freezer)".to_string());
+    } else if !std::fs::read_to_string("/proc/filesystems")
+        .unwrap_or_default()
+        .contains("overlay")
+    {
+        skip = Some("needs overlayfs (the VE root)".to_string());
+    }
+    let scripts: Vec<(&str, &str)> = vec![
+        ("lifecycle_verbs_and_refusals", LIFECYCLE),
+        ("shell_loop_ten_chkpnt_restore_cycles", SHELL_LOOP_CYCLES),
+        ("tree_of_ten_in_two_sessions", TREE_TWO_SESSIONS),
+        ("failures_leave_ve_as_it_was", FAILURES),
+    ];
+    let trials = scripts
+        .into_iter()
+        .map(|(name, body)| {
+            if let Some(r) = &skip {
+                eprintln!("{name}: ignored: {r}");
+            }
+            Trial::test(name, move || run_script(name, body)).with_ignored_flag(skip.is_some())
+        })
+        .collect();
+    libtest_mimic::run(&args, trials).exit();
+}

@@ -1,0 +1,437 @@
+//! The `vzctl` verbs other than `start`: status, create, destroy, stop, exec/enter, suspend,
+//! resume, set, chkpnt and restore.
+
+use std::fmt;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use nix::sched::CloneFlags;
+use nix::sys::signal::{kill, Signal};
+use nix::sys::wait::{waitpid, WaitStatus};
+use nix::unistd::{ForkResult, Pid};
+use serde::Serialize;
+
+use crate::cgroups::VeCgroups;
+use crate::start::Setup;
+use crate::{fs, io_err, Layout, Result, VeConfig, VeError};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// No config: the VE does not exist.
+    Absent,
+    Stopped,
+    Running,
+    /// Frozen by `vzctl suspend`.
+    Suspended,
+    /// Not running, with a checkpoint image in its default place.
+    Dumped,
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Status::Absent => "absent",
+            Status::Stopped => "stopped",
+            Status::Running => "running",
+            Status::Suspended => "suspended",
+            Status::Dumped => "dumped",
+        })
+    }
+}
+
+pub fn load_config(layout: &Layout, ctid: u32) -> Result<VeConfig> {
+    let p = layout.conf(ctid);
+    if !p.exists() {
+        return Err(VeError::NoSuchVe { ctid });
+    }
+    VeConfig::load(&p)
+}
+
+fn cgroups(layout: &Layout, ctid: u32) -> Result<VeCgroups> {
+    VeCgroups::of(ctid, &layout.cgroup_path(ctid))
+}
+
+/// The VE's status, read from its cgroup and its files.
+pub fn status(layout: &Layout, ctid: u32) -> Result<Status> {
+    if !layout.conf(ctid).exists() {
+        return Ok(Status::Absent);
+    }
+    let cg = cgroups(layout, ctid)?;
+    if !cg.procs().is_empty() {
+        return Ok(if cg.frozen() {
+            Status::Suspended
+        } else {
+            Status::Running
+        });
+    }
+    Ok(if layout.dump(ctid).is_dir() {
+        Status::Dumped
+    } else {
+        Status::Stopped
+    })
+}
+
+fn expect(layout: &Layout, ctid: u32, ok: &[Status], what: &str) -> Result<Status> {
+    let s = status(layout, ctid)?;
+    if s == Status::Absent {
+        return Err(VeError::NoSuchVe { ctid });
+    }
+    if !ok.contains(&s) {
+        return Err(VeError::WrongStatus {
+            ctid,
+            status: s,
+            what: what.into(),
+        });
+    }
+    Ok(s)
+}
+
+/// The VE's init (PID 1 inside), as a host PID.
+pub fn init_pid(layout: &Layout, ctid: u32) -> Result<i32> {
+    for pid in cgroups(layout, ctid)?.procs() {
+        let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+            continue;
+        };
+        let nspid: Vec<&str> = text
+            .lines()
+            .find_map(|l| l.strip_prefix("NSpid:"))
+            .map(|v| v.split_whitespace().collect())
+            .unwrap_or_default();
+        if nspid.len() >= 2 && nspid.last() == Some(&"1") {
+            return Ok(pid);
+        }
+    }
+    Err(VeError::Failed {
+        ctid,
+        what: "its init is not running".into(),
+    })
+}
+
+pub fn create(layout: &Layout, ctid: u32, cfg: &VeConfig) -> Result<()> {
+    if ctid == 0 {
+        return Err(VeError::Failed {
+            ctid,
+            what: "CTID 0 is the host".into(),
+        });
+    }
+    if layout.conf(ctid).exists() {
+        return Err(VeError::Exists { ctid });
+    }
+    cfg.validate().map_err(|reason| VeError::Config {
+        path: layout.conf(ctid),
+        reason,
+    })?;
+    if let Some(root) = &cfg.root {
+        if !root.is_dir() {
+            return Err(VeError::Failed {
+                ctid,
+                what: format!("root {} is not a directory", root.display()),
+            });
+        }
+    }
+    for d in [layout.upper(ctid), layout.work(ctid), layout.root(ctid)] {
+        std::fs::create_dir_all(&d).map_err(io_err(ctid, "create", &d))?;
+    }
+    cfg.save(&layout.conf(ctid))
+}
+
+pub fn destroy(layout: &Layout, ctid: u32) -> Result<()> {
+    expect(
+        layout,
+        ctid,
+        &[Status::Stopped, Status::Dumped],
+        "stop it before destroying it",
+    )?;
+    fs::umount_root(layout, ctid)?;
+    for d in [layout.dump(ctid), layout.private(ctid), layout.root(ctid)] {
+        if d.exists() {
+            std::fs::remove_dir_all(&d).map_err(io_err(ctid, "remove", &d))?;
+        }
+    }
+    let conf = layout.conf(ctid);
+    std::fs::remove_file(&conf).map_err(io_err(ctid, "remove", &conf))
+}
+
+/// Stops a running VE: SIGTERM to its init (which passes it on and exits), then after
+/// `timeout` everything left is killed; cgroups and mounts are removed.
+pub fn stop(layout: &Layout, ctid: u32, timeout: Duration) -> Result<()> {
+    expect(
+        layout,
+        ctid,
+        &[Status::Running, Status::Suspended],
+        "it is not running",
+    )?;
+    let cg = cgroups(layout, ctid)?;
+    if cg.frozen() {
+        cg.set_frozen(false)?;
+    }
+    if let Ok(init) = init_pid(layout, ctid) {
+        let _ = kill(Pid::from_raw(init), Signal::SIGTERM);
+        let deadline = Instant::now() + timeout;
+        while !cg.procs().is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    cleanup_stopped(layout, ctid, &cg)
+}
+
+fn cleanup_stopped(layout: &Layout, ctid: u32, cg: &VeCgroups) -> Result<()> {
+    cg.kill_all(Duration::from_secs(10))?;
+    cg.remove()?;
+    fs::umount_root(layout, ctid)
+}
+
+/// Runs `argv` inside the running VE: in all its namespaces and cgroups, from its root.
+/// Returns the exit status as a shell shows it.
+pub fn exec(layout: &Layout, ctid: u32, argv: &[String]) -> Result<i32> {
+    expect(
+        layout,
+        ctid,
+        &[Status::Running],
+        "exec needs a running VE (a suspended one must be resumed)",
+    )?;
+    if argv.is_empty() {
+        return Err(VeError::Failed {
+            ctid,
+            what: "no command given".into(),
+        });
+    }
+    let init = init_pid(layout, ctid)?;
+    let cg = cgroups(layout, ctid)?;
+    // The cgroup files are opened here, on the host, and written by the child once it is in the
+    // VE, where the host's cgroup mounts are out of sight.
+    let procs: Vec<OwnedFd> = cg
+        .dirs
+        .iter()
+        .map(|(_, d)| {
+            let p = d.join("cgroup.procs");
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(&p)
+                .map(OwnedFd::from)
+                .map_err(io_err(ctid, "open", p))
+        })
+        .collect::<Result<_>>()?;
+    let pidfd = sys::syscalls::pidfd_open(Pid::from_raw(init))?;
+    // Checked while the host's /proc is still in sight.
+    let single = sys::syscalls::SingleThreaded::check()?;
+    nix::sched::setns(
+        &pidfd,
+        CloneFlags::CLONE_NEWNS
+            | CloneFlags::CLONE_NEWUTS
+            | CloneFlags::CLONE_NEWIPC
+            | CloneFlags::CLONE_NEWNET
+            | CloneFlags::CLONE_NEWPID,
+    )
+    .map_err(|e| VeError::Failed {
+        ctid,
+        what: format!("enter its namespaces: {e}"),
+    })?;
+    let cargs: Vec<std::ffi::CString> = argv
+        .iter()
+        .map(|a| std::ffi::CString::new(a.as_bytes()).unwrap_or_default())
+        .collect();
+    // vzctl is single-threaded here, so the child may run ordinary code before it execs.
+    match sys::syscalls::fork_single_threaded(&single)? {
+        ForkResult::Child => {
+            for fd in &procs {
+                if sys::syscalls::write_raw(fd.as_raw_fd(), b"0").is_err() {
+                    eprintln!("vzctl: cannot join the VE's cgroups");
+                    std::process::exit(126);
+                }
+            }
+            drop(procs);
+            let _ = nix::unistd::chdir("/");
+            if sys::syscalls::close_inherited_before_exec(None).is_err() {
+                std::process::exit(126);
+            }
+            let env = [
+                std::ffi::CString::new(START_PATH).unwrap_or_default(),
+                std::ffi::CString::new("HOME=/root").unwrap_or_default(),
+                std::ffi::CString::new(format!(
+                    "TERM={}",
+                    std::env::var("TERM").unwrap_or_else(|_| "dumb".into())
+                ))
+                .unwrap_or_default(),
+            ];
+            let e = nix::unistd::execvpe(&cargs[0], &cargs, &env).unwrap_err();
+            eprintln!("vzctl: exec {}: {e}", argv[0]);
+            std::process::exit(127);
+        }
+        ForkResult::Parent { child } => loop {
+            match waitpid(child, None) {
+                Ok(WaitStatus::Exited(_, code)) => return Ok(code),
+                Ok(WaitStatus::Signaled(_, sig, _)) => return Ok(128 + sig as i32),
+                Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => {
+                    return Err(VeError::Failed {
+                        ctid,
+                        what: format!("wait for the command: {e}"),
+                    })
+                }
+            }
+        },
+    }
+}
+
+const START_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+pub fn suspend(layout: &Layout, ctid: u32) -> Result<()> {
+    expect(
+        layout,
+        ctid,
+        &[Status::Running],
+        "only a running VE can be suspended",
+    )?;
+    cgroups(layout, ctid)?.set_frozen(true)
+}
+
+pub fn resume(layout: &Layout, ctid: u32) -> Result<()> {
+    expect(
+        layout,
+        ctid,
+        &[Status::Suspended],
+        "only a suspended VE can be resumed",
+    )?;
+    cgroups(layout, ctid)?.set_frozen(false)
+}
+
+/// Applies new limits to a running VE and, with `save`, writes them to its config.
+pub fn set(layout: &Layout, ctid: u32, cfg: &VeConfig, save: bool) -> Result<()> {
+    cfg.validate().map_err(|reason| VeError::Config {
+        path: layout.conf(ctid),
+        reason,
+    })?;
+    let s = status(layout, ctid)?;
+    if s == Status::Absent {
+        return Err(VeError::NoSuchVe { ctid });
+    }
+    if matches!(s, Status::Running | Status::Suspended) {
+        cgroups(layout, ctid)?.apply_limits(cfg)?;
+    } else if !save {
+        return Err(VeError::WrongStatus {
+            ctid,
+            status: s,
+            what: "without --save a change applies to a running VE only".into(),
+        });
+    }
+    if save {
+        cfg.save(&layout.conf(ctid))?;
+    }
+    Ok(())
+}
+
+/// `vzctl chkpnt`: dumps the VE through its cgroup freezer; stops it unless `leave_running`.
+pub fn chkpnt(
+    layout: &Layout,
+    ctid: u32,
+    dumpfile: Option<&Path>,
+    leave_running: bool,
+) -> Result<cpt::DumpStats> {
+    expect(
+        layout,
+        ctid,
+        &[Status::Running],
+        "only a running VE can be checkpointed (resume a suspended one first)",
+    )?;
+    let dir = dumpfile.map_or_else(|| layout.dump(ctid), Path::to_path_buf);
+    if dir.exists() {
+        return Err(VeError::Failed {
+            ctid,
+            what: format!("image {} already exists; remove it first", dir.display()),
+        });
+    }
+    let cg = cgroups(layout, ctid)?;
+    let stats = cpt::dump(&cpt::DumpOptions {
+        target: cpt::Target::Cgroup(cg.v2()?.to_path_buf()),
+        dir,
+        final_state: if leave_running {
+            cpt::FinalState::LeaveRunning
+        } else {
+            cpt::FinalState::Kill
+        },
+        compress: None,
+    })
+    .map_err(|source| VeError::Dump { ctid, source })?;
+    if !leave_running {
+        cleanup_stopped(layout, ctid, &cg)?;
+    }
+    Ok(stats)
+}
+
+/// `vzctl restore`: brings the VE back from its image. The default image is removed once the
+/// VE runs again; an image given with `--dumpfile` is the caller's and stays.
+pub fn restore(layout: &Layout, ctid: u32, dumpfile: Option<&Path>) -> Result<rst::RestoreStats> {
+    expect(
+        layout,
+        ctid,
+        &[Status::Stopped, Status::Dumped],
+        "a running VE cannot be restored over",
+    )?;
+    let dir: PathBuf = dumpfile.map_or_else(|| layout.dump(ctid), Path::to_path_buf);
+    if !dir.is_dir() {
+        return Err(VeError::Failed {
+            ctid,
+            what: format!("no image at {}", dir.display()),
+        });
+    }
+    let cfg = load_config(layout, ctid)?;
+    let dumped_cgroup = root_cgroup(&dir).map_err(|source| VeError::Restore { ctid, source })?;
+    let setup = Setup::prepare(layout, ctid, &cfg)?;
+    let restored = rst::restore(&rst::RestoreOptions {
+        dir: dir.clone(),
+        detach: true,
+        root: Some(layout.root(ctid)),
+        cgroup_rewrite: Some((dumped_cgroup, layout.cgroup_path(ctid))),
+    })
+    .map_err(|source| VeError::Restore { ctid, source })?;
+    setup.keep();
+    if dumpfile.is_none() {
+        std::fs::remove_dir_all(&dir).map_err(io_err(ctid, "remove the image", &dir))?;
+    }
+    Ok(restored.stats)
+}
+
+/// The cgroup v2 path the image's root was dumped in: the VE's cgroup on the dumping host.
+fn root_cgroup(dir: &Path) -> std::result::Result<String, rst::RestoreError> {
+    let img = images_format::ImageDir::open(dir)?;
+    let pstree: images_format::pstree::PstreeImage = img.read()?;
+    let core: images_format::core::CoreImage = img.read()?;
+    core.processes
+        .iter()
+        .find(|p| p.pid == pstree.root_pid)
+        .and_then(|p| p.cgroups.iter().find(|c| c.controllers.is_empty()))
+        .map(|c| c.path.clone())
+        .ok_or_else(|| {
+            rst::RestoreError::Invalid("the image's root has no cgroup v2 membership".into())
+        })
+}
+
+/// One row of `vzlist`.
+#[derive(Debug, Clone, Serialize)]
+pub struct VeInfo {
+    pub ctid: u32,
+    pub status: Status,
+    pub nproc: usize,
+    pub hostname: String,
+}
+
+pub fn list(layout: &Layout, all: bool) -> Result<Vec<VeInfo>> {
+    let mut out = Vec::new();
+    for ctid in layout.ctids() {
+        let s = status(layout, ctid)?;
+        if !all && !matches!(s, Status::Running | Status::Suspended) {
+            continue;
+        }
+        let cfg = load_config(layout, ctid).unwrap_or_default();
+        out.push(VeInfo {
+            ctid,
+            status: s,
+            nproc: cgroups(layout, ctid)?.procs().len(),
+            hostname: cfg.hostname.unwrap_or_else(|| ctid.to_string()),
+        });
+    }
+    Ok(out)
+}
