@@ -216,7 +216,7 @@ impl Frozen {
             .collect();
         if roots.len() != 1 {
             return Err(DumpError::Tree(format!(
-                "a dump needs one root process, found {}: {roots:?}",
+                "a dump needs one root process, found {} whose parents are outside the tree (a command entered with vzctl exec, say): {roots:?}",
                 roots.len()
             )));
         }

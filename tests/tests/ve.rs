@@ -149,8 +149,8 @@ $after"
 echo OK
 "#;
 
-/// Failures leave things as they were: a chkpnt that meets what it cannot dump leaves the VE
-/// running and thawed; a restore over a running VE is refused; a restore that fails leaves
+/// Failures leave things as they were: a chkpnt that meets what it cannot dump (a socket, a
+/// nested PID namespace) leaves the VE running and thawed; a restore over a running VE is refused; a restore that fails leaves
 /// the VE absent of the host (no process, cgroup or mount) and its image in place.
 const FAILURES: &str = r#"
 vz create 104 --command 'exec python3 -c "import socket, time; s = socket.socket(); open(\"/tmp/ready\", \"w\"); time.sleep(1000)"' || fail "create"
@@ -162,6 +162,14 @@ status_is 104 running || fail "a failed chkpnt left the VE $(vz status 104)"
 grep -q 'frozen 0' "/sys/fs/cgroup/unified/$VZ_CGROUP/104/cgroup.events" || fail "a failed chkpnt left the VE frozen"
 [ -e "$VZ_DIR/dump/104" ] && fail "a failed chkpnt left an image"
 vz stop 104 || fail "stop"
+# A PID namespace inside the VE: refused, naming it, and the VE goes on.
+vz create 106 --command 'unshare --pid --fork sh -c "touch /tmp/ready; exec sleep 1000"' || fail "create 106"
+vz start 106 || fail "start 106"
+until_true 10 vz exec 106 test -e /tmp/ready || fail "the nested namespace does not start"
+out=$(vz chkpnt 106 2>&1) && fail "chkpnt of a VE with a nested PID namespace succeeded"
+echo "$out" | grep -q "nested PID namespace" || fail "the error does not name the nested namespace: $out"
+status_is 106 running || fail "a failed chkpnt left VE 106 $(vz status 106)"
+vz stop 106 || fail "stop 106"
 vz create 105 --command "$LOOP" || fail "create 105"
 vz start 105 || fail "start 105"
 until_true 5 vz exec 105 test -s /tmp/count || fail "the loop does not run"

@@ -2,7 +2,9 @@
 //!
 //! Prints, in one run so the figures are comparable: memcpy bandwidth; for workloads of 64 MiB
 //! and 1 GiB of touched memory, dump and restore time and GB/s (uncompressed, images on tmpfs),
-//! image size plain and with zstd; dump and restore time of a 100-process tree. Figures go to
+//! image size plain and with zstd; dump and restore time of a 100-process tree; `vzctl chkpnt`
+//! and `vzctl restore` of an idle VE (init + 5 processes) and of one with 256 MiB touched
+//! (VE state on tmpfs, its own cgroup). Figures go to
 //! docs/BENCHMARKS.md by hand, with this command. The workload is the `counter` test workload.
 //!
 //! It re-executes itself as PID 1 of a new PID namespace so restored PIDs are always free and
@@ -258,6 +260,91 @@ impl Bench {
     }
 }
 
+/// A VE of this benchmark's own `$VZ_DIR` (on tmpfs) and cgroup.
+struct BenchVe {
+    vzctl: PathBuf,
+    vz_dir: PathBuf,
+    cgroup: String,
+}
+
+impl BenchVe {
+    fn vzctl(&self, args: &[&str]) -> anyhow::Result<(String, f64)> {
+        let t = Instant::now();
+        let out = Command::new(&self.vzctl)
+            .args(args)
+            .env("VZ_DIR", &self.vz_dir)
+            .env("VZ_CGROUP", &self.cgroup)
+            .stderr(Stdio::piped())
+            .output()?;
+        let ms = t.elapsed().as_secs_f64() * 1000.0;
+        if !out.status.success() {
+            bail!(
+                "vzctl {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok((String::from_utf8_lossy(&out.stdout).into_owned(), ms))
+    }
+
+    /// Checkpoints and restores VE `ctid` running `command` (which creates /tmp/ready when
+    /// set up); prints the engine's figures and the wall time of each `vzctl` command.
+    fn cycle(&self, ctid: u32, what: &str, command: &str) -> anyhow::Result<()> {
+        let id = ctid.to_string();
+        self.vzctl(&["create", &id, "--command", command])?;
+        self.vzctl(&["start", &id])?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.vzctl(&["exec", &id, "test", "-e", "/tmp/ready"]).is_err() {
+            if Instant::now() > deadline {
+                bail!("VE {ctid} did not get ready");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let (out, dump_wall) = self.vzctl(&["chkpnt", &id, "--json"])?;
+        let d: serde_json::Value = serde_json::from_str(out.trim())?;
+        let (out, rst_wall) = self.vzctl(&["restore", &id, "--json"])?;
+        let r: serde_json::Value = serde_json::from_str(out.trim())?;
+        println!(
+            "| VE, {what} | {} processes | chkpnt {dump_wall:.0} ms (engine {:.0} ms, frozen {:.0} ms) | restore {rst_wall:.0} ms (engine {:.0} ms) |",
+            d.get("processes").and_then(|x| x.as_u64()).unwrap_or(0),
+            json_f64(&d, "total_ms"),
+            json_f64(&d, "frozen_ms"),
+            json_f64(&r, "total_ms"),
+        );
+        self.vzctl(&["stop", &id, "--timeout", "1"])?;
+        self.vzctl(&["destroy", &id])?;
+        Ok(())
+    }
+}
+
+fn ve_bench(quick: bool) -> anyhow::Result<()> {
+    let ve = BenchVe {
+        vzctl: tests::paths::cli_bin("vzctl")?,
+        vz_dir: PathBuf::from(IMG_ROOT).join("vz"),
+        cgroup: format!("vzcpt-bench-{}", std::process::id()),
+    };
+    tests::paths::cli_bin("vzinit")?;
+    println!("| VE | tree | checkpoint (stops it) | restore |");
+    println!("|---|---|---|---|");
+    let idle = "for i in 1 2 3 4; do sleep 100000 & done; touch /tmp/ready; wait";
+    let r = ve.cycle(101, "idle", idle);
+    let r = r.and_then(|_| {
+        if quick {
+            return Ok(());
+        }
+        let mem = "exec python3 -c \"import time; b = bytearray(b'x' * (256 << 20)); open('/tmp/ready', 'w'); time.sleep(10**6)\"";
+        ve.cycle(102, "256 MiB touched", mem)
+    });
+    for ctid in ["101", "102"] {
+        let _ = ve.vzctl(&["stop", ctid, "--timeout", "1"]);
+        let _ = ve.vzctl(&["destroy", ctid]);
+    }
+    for h in std::fs::read_dir("/sys/fs/cgroup").into_iter().flatten().flatten() {
+        let _ = std::fs::remove_dir(h.path().join(&ve.cgroup));
+    }
+    r
+}
+
 fn main() -> anyhow::Result<()> {
     let quick = std::env::args().any(|a| a == "--quick");
     if std::process::id() != 1 {
@@ -305,6 +392,8 @@ fn main() -> anyhow::Result<()> {
     }
     println!();
     b.tree(if quick { 20 } else { 100 })?;
+    println!();
+    ve_bench(quick)?;
     let _ = std::fs::remove_dir_all(IMG_ROOT);
     Ok(())
 }
