@@ -8,6 +8,7 @@
 
 pub mod files;
 pub mod freeze;
+pub mod ipc;
 pub mod memory;
 pub mod pagesink;
 pub mod pipes;

@@ -11,7 +11,8 @@
 //!   mm          memory layout                   |  each is a FileHeader + postcard payload
 //!   pagemap     which pages are where           |  (module header), crc32-checked
 //!   files       file descriptors                |
-//!   pipes       pipes                          /
+//!   pipes       pipes                           |
+//!   ipc         IPC namespace contents         /  (VEs in their own IPC namespace only)
 //!   pages       page store: header padded to 4096, then 4096-aligned chunks of page data,
 //!               each with its own crc32 and optionally zstd (module pagestore)
 //! ```
@@ -31,6 +32,7 @@ pub mod pagestore;
 
 pub mod core;
 pub mod files;
+pub mod ipc;
 pub mod mm;
 pub mod pipes;
 pub mod pstree;

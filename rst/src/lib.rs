@@ -10,6 +10,7 @@
 pub mod arena;
 pub mod cgroup;
 pub mod files;
+pub mod ipc;
 pub mod memory;
 pub mod task;
 pub mod tree;

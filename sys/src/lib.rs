@@ -8,6 +8,7 @@
 
 pub mod clone;
 pub mod features;
+pub mod ipc;
 pub mod ptrace;
 pub mod remote;
 pub mod syscalls;
