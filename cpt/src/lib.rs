@@ -8,6 +8,7 @@
 
 pub mod files;
 pub mod freeze;
+pub mod ipc;
 pub mod memory;
 pub mod ns;
 pub mod pagesink;
@@ -150,6 +151,14 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats, DumpError> {
         let storing = scope.spawn(|| writer_end.run(&mut store));
         let collected = (|| {
             let mut mem = memory::MemDumper::new(&sink);
+            // The VE's own IPC namespace: its objects once, and SysV attachments by id.
+            let ipc = if namespaces.own.contains(&images_format::ns::NsKind::Ipc) {
+                let root = frozen.root().as_raw();
+                mem.sysv_ipc_ns = Some(ipc::ipc_ns_id(root)?);
+                Some(ipc::dump_ipc_ns(root, &sink)?)
+            } else {
+                None
+            };
             for p in &frozen.processes {
                 let pid = p.pid.as_raw();
                 let st = seize::read_stat(pid)?;
@@ -193,7 +202,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats, DumpError> {
                 mm.processes.push(pmm);
                 pstree.processes.push(entry);
             }
-            Ok::<_, DumpError>((mem.stats, std::mem::take(&mut mem.shmem)))
+            Ok::<_, DumpError>((mem.stats, std::mem::take(&mut mem.shmem), ipc))
         })();
         drop(sink);
         let stored = storing
@@ -203,7 +212,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats, DumpError> {
     });
     // The writer's own error explains a failed send better than the send does.
     let stored = stored?;
-    let (mem_stats, shmem) = collected?;
+    let (mem_stats, shmem, ipc) = collected?;
     mm.shmem = shmem;
     let entries = stored.entries;
     let index = store.finish()?;
@@ -245,6 +254,9 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats, DumpError> {
         pipes: files.pipes.pipes,
     })?;
     writer.write(&namespaces)?;
+    if let Some(ipc) = &ipc {
+        writer.write(ipc)?;
+    }
     writer.commit()?;
 
     // 4. Only a complete image lets the tree go (killed, resumed or left stopped).

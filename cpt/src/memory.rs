@@ -4,7 +4,10 @@
 //! - private file areas: only pages that differ from the file (anonymous copies-on-write);
 //! - shared anonymous areas: the object's populated pages, once per object, through
 //!   `/proc/PID/map_files` and `SEEK_DATA`/`SEEK_HOLE`;
-//! - shared file areas: nothing, the file holds them.
+//! - shared file areas: nothing, the file holds them;
+//! - SysV shared memory attachments: nothing, the segment's pages are stored once with the
+//!   segment by `crate::ipc`; only in the IPC namespace being dumped (see
+//!   [`MemDumper::sysv_ipc_ns`]).
 //!
 //! Contents are read with `process_vm_readv` in runs of up to one page-store chunk (4 MiB),
 //! the size at which it is fastest on this kernel.
@@ -46,6 +49,10 @@ pub struct MemDumper<'a> {
     /// The PID the image records for the process being dumped (its PID inside its own PID
     /// namespace when the root is that namespace's init): the owner of its pagemap entries.
     image_pid: i32,
+    /// The IPC namespace (`crate::ipc::ipc_ns_id`) whose contents the dump holds, if any: SysV
+    /// shared memory attachments are dumped only for segments of that namespace. `None` (a
+    /// tree in the host's IPC namespace) makes any attachment an error.
+    pub sysv_ipc_ns: Option<u64>,
 }
 
 fn io(
@@ -78,9 +85,7 @@ fn classify(pid: i32, m: &MapsLine) -> Result<Option<VmaKind>, DumpError> {
             VmaKind::SharedAnon { id: m.inode }
         }
         p if p.starts_with("/SYSV") => {
-            return Err(unsupported(
-                "SysV shared memory comes with the VE issue (IPC namespaces)",
-            ))
+            return Err(unsupported("a private mapping of SysV shared memory"))
         }
         p if p.ends_with(" (deleted)") => {
             return Err(unsupported(
@@ -102,7 +107,40 @@ impl<'a> MemDumper<'a> {
             seen_shmem: HashSet::new(),
             stats: MemStats::default(),
             image_pid: 0,
+            sysv_ipc_ns: None,
         }
+    }
+
+    /// An attachment of a SysV segment (`/SYSV<key> (deleted)`, inode column = shmid).
+    fn sysv_vma(&self, pid: i32, m: &MapsLine) -> Result<VmaKind, DumpError> {
+        let shmid = m.inode as i32;
+        let resource = format!(
+            "SysV shared memory segment {shmid} ({}) mapped at {:#x}-{:#x}",
+            m.path
+                .trim_end_matches(" (deleted)")
+                .trim_start_matches('/'),
+            m.start,
+            m.end
+        );
+        let task_ns = crate::ipc::ipc_ns_id(pid)?;
+        if self.sysv_ipc_ns != Some(task_ns) {
+            let reason = if task_ns == crate::ipc::own_ipc_ns_id()? {
+                "it belongs to the host's IPC namespace, which is not dumped: restoring it \
+                 would clash with the host's own segments"
+                    .to_string()
+            } else {
+                format!("the task's IPC namespace ipc:[{task_ns}] is not dumped with the tree")
+            };
+            return Err(DumpError::Unsupported {
+                pid,
+                resource,
+                reason,
+            });
+        }
+        // The segment's size, for the restore to map all of it: the shm file's size.
+        let path = format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end);
+        let size = std::fs::metadata(&path).map_err(io("stat", &path))?.len();
+        Ok(VmaKind::SysvShm { shmid, size })
     }
 
     /// Dumps one stopped process's address space. `brk` is the current program break (read by a
@@ -137,8 +175,13 @@ impl<'a> MemDumper<'a> {
 
         let mut vmas = Vec::new();
         for m in &maps {
-            let Some(kind) = classify(pid, m)? else {
-                continue;
+            let kind = if m.shared && m.path.starts_with("/SYSV") {
+                self.sysv_vma(pid, m)?
+            } else {
+                let Some(kind) = classify(pid, m)? else {
+                    continue;
+                };
+                kind
             };
             let flags = vmflags.get(&m.start).cloned().unwrap_or_default();
             let mut map_flags = if m.shared {

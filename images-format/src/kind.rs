@@ -16,6 +16,7 @@ pub enum ImageKind {
     Files = 7,
     Pipes = 8,
     Ns = 9,
+    Ipc = 10,
 }
 
 /// One row of [`KINDS`].
@@ -28,10 +29,10 @@ pub struct KindDesc {
     pub magic: u32,
 }
 
-/// The table of all kinds, in `u16` order: row `i` describes the kind with value `i + 1`.
-/// Magics are arbitrary distinct constants, far apart, so a damaged or foreign file is
-/// recognised at once.
-pub const KINDS: [KindDesc; 9] = [
+/// The table of all kinds, in increasing `u16` order. Values may have gaps (a value is given
+/// to a kind when its work starts; kinds land in any order). Magics are arbitrary distinct
+/// constants, far apart, so a damaged or foreign file is recognised at once.
+pub const KINDS: [KindDesc; 10] = [
     KindDesc {
         kind: ImageKind::Inventory,
         file_name: "inventory",
@@ -77,6 +78,11 @@ pub const KINDS: [KindDesc; 9] = [
         file_name: "ns",
         magic: 0x4e53_61d2,
     },
+    KindDesc {
+        kind: ImageKind::Ipc,
+        file_name: "ipc",
+        magic: 0x49a7_c35b,
+    },
 ];
 
 const ALL_KINDS: [ImageKind; KINDS.len()] = {
@@ -94,9 +100,8 @@ impl ImageKind {
     pub const ALL: &'static [ImageKind] = &ALL_KINDS;
 
     fn desc(self) -> &'static KindDesc {
-        // The discriminants are 1..=KINDS.len() and row i holds value i + 1 (checked by a test),
-        // so this indexing is in range for every variant.
-        &KINDS[self as usize - 1]
+        // Every variant has a row (checked by a test); the fallback is never taken.
+        KINDS.iter().find(|d| d.kind == self).unwrap_or(&KINDS[0])
     }
 
     /// The file name of this kind inside an image directory.
@@ -134,8 +139,14 @@ mod tests {
     #[test]
     fn table_is_in_u16_order_and_distinct() {
         for (i, d) in KINDS.iter().enumerate() {
-            assert_eq!(d.kind as usize, i + 1, "row {i} out of order");
+            if i > 0 {
+                assert!(
+                    d.kind as u16 > KINDS[i - 1].kind as u16,
+                    "row {i} out of order"
+                );
+            }
             assert_eq!(ImageKind::ALL[i], d.kind);
+            assert_eq!(d.kind.desc().kind, d.kind);
         }
         let names: HashSet<_> = KINDS.iter().map(|d| d.file_name).collect();
         let magics: HashSet<_> = KINDS.iter().map(|d| d.magic).collect();
@@ -157,7 +168,8 @@ mod tests {
                 "pages",
                 "files",
                 "pipes",
-                "ns"
+                "ns",
+                "ipc"
             ]
         );
         for &k in ImageKind::ALL {
@@ -165,7 +177,7 @@ mod tests {
             assert_eq!(ImageKind::from_magic(k.magic()), Some(k));
             assert_eq!(k.to_string(), k.file_name());
         }
-        for v in [0u16, 100, u16::MAX] {
+        for v in [0u16, 11, 12, 100, u16::MAX] {
             assert_eq!(ImageKind::from_u16(v), None);
         }
         assert_eq!(ImageKind::from_magic(0), None);

@@ -12,7 +12,8 @@
 //!   pagemap     which pages are where           |  (module header), crc32-checked
 //!   files       file descriptors                |
 //!   pipes       pipes                           |
-//!   ns          namespaces: UTS, mounts, net   /
+//!   ns          namespaces: UTS, mounts, net   |
+//!   ipc         IPC namespace contents         /  (VEs in their own IPC namespace only)
 //!   pages       page store: header padded to 4096, then 4096-aligned chunks of page data,
 //!               each with its own crc32 and optionally zstd (module pagestore)
 //! ```
@@ -32,6 +33,7 @@ pub mod pagestore;
 
 pub mod core;
 pub mod files;
+pub mod ipc;
 pub mod mm;
 pub mod ns;
 pub mod pipes;

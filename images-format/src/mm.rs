@@ -79,6 +79,14 @@ pub enum VmaKind {
     Vdso,
     Vvar,
     VvarVclock,
+    /// An attachment of SysV shared memory segment `shmid` of the tree's IPC namespace
+    /// (`/SYSV<key> (deleted)` in maps, whose inode column is the id). The segment's pages are
+    /// stored once, with the segment (see [`crate::ipc`]); `offset` is into the segment.
+    SysvShm {
+        shmid: i32,
+        /// The segment's size in bytes: an attachment maps all of it, rounded up to pages.
+        size: u64,
+    },
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
@@ -102,6 +110,8 @@ impl Image for PagemapImage {
 pub enum PageOwner {
     Process(i32),
     Shmem(u64),
+    /// A SysV shared memory segment, by id; `addr` is an offset into it.
+    SysvShm(i32),
 }
 
 /// `nr_pages` consecutive pages at `addr` (a virtual address, or an offset in a shared object),

@@ -10,6 +10,7 @@
 pub mod arena;
 pub mod cgroup;
 pub mod files;
+pub mod ipc;
 pub mod memory;
 pub mod ns;
 pub mod task;
@@ -23,11 +24,12 @@ use std::time::Instant;
 
 use images_format::core::CoreImage;
 use images_format::files::FilesImage;
+use images_format::ipc::IpcImage;
 use images_format::mm::{MmImage, PagemapImage};
 use images_format::ns::{NamespacesImage, NsKind};
 use images_format::pipes::PipesImage;
 use images_format::pstree::PstreeImage;
-use images_format::{FormatError, ImageDir};
+use images_format::{FormatError, ImageDir, ImageKind};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use serde::Serialize;
 use sys::remote::RemoteTask;
@@ -89,6 +91,8 @@ pub struct Images {
     pub files: FilesImage,
     pub pipes: PipesImage,
     pub ns: NamespacesImage,
+    /// Only when the tree owned its IPC namespace.
+    pub ipc: Option<IpcImage>,
 }
 
 impl Images {
@@ -102,6 +106,11 @@ impl Images {
             files: dir.read()?,
             pipes: dir.read()?,
             ns: dir.read()?,
+            ipc: if dir.has(ImageKind::Ipc) {
+                Some(dir.read()?)
+            } else {
+                None
+            },
             dir,
         })
     }
@@ -143,6 +152,20 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     let img = Images::load(&opts.dir)?;
     validate::validate(&img)?;
     ns::check(&img.ns, opts.root.as_deref())?;
+    match (&img.ipc, img.ns.own.contains(&NsKind::Ipc)) {
+        (Some(ipc), true) => ipc::validate(ipc, &img.pagemap.entries)?,
+        (None, false) => {}
+        (Some(_), false) => {
+            return Err(RestoreError::Invalid(
+                "the image has IPC objects but no IPC namespace of its own".into(),
+            ))
+        }
+        (None, true) => {
+            return Err(RestoreError::Invalid(
+                "the tree owned an IPC namespace but the image has no ipc record".into(),
+            ))
+        }
+    }
     let store = img.dir.page_store(&img.pagemap.store)?;
     // Every page chunk's checksum too: a damaged image must be refused before any process exists.
     store.verify_all()?;
@@ -236,6 +259,11 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
         let tids = restore_one(&img, &mut chunks, &shmem, &prepared, fd_base, p)?;
         stats.threads += tids.len();
         threads_of.insert(p.pid, tids);
+    }
+    // Segments removed while attached are removed again, now that every process has
+    // attached its own.
+    if let Some(ipc) = &img.ipc {
+        ipc::finish_ipc_ns_of(created.root_host.as_raw(), ipc)?;
     }
     stats.pages_restored = img
         .pagemap

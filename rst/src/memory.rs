@@ -5,12 +5,15 @@
 //!    restorer prepared and every builder inherited), writable while it is filled;
 //! 4. write the stored pages with `process_vm_writev` straight from the page-store chunks;
 //! 5. put back the dumped protections and set the mm fields with `PR_SET_MM_MAP`.
+//!
+//! SysV shared memory attachments are made by a remote `shmat` of the segment, which the
+//! VE's IPC namespace already holds (see `crate::ipc`); see [`sysv_attach_calls`].
 
 use std::collections::HashMap;
 use std::io::IoSlice;
 use std::os::fd::{AsRawFd, OwnedFd};
 
-use images_format::mm::{PageOwner, PagemapEntry, ProcessMm, ShmemObject, VmaKind};
+use images_format::mm::{PageOwner, PagemapEntry, ProcessMm, ShmemObject, Vma, VmaKind};
 use images_format::pagestore::{PageStoreReader, CHUNK_SIZE};
 use images_format::{PageBuf, PAGE_SIZE};
 use nix::sys::uio::{process_vm_writev, RemoteIoVec};
@@ -257,6 +260,15 @@ pub fn restore_mm(
             .unwrap_or(u64::MAX)
     };
 
+    // SysV attachments first: one of a segment partly unmapped is made whole, then trimmed.
+    let sysv = sysv_attach_calls(&mm.vmas, &[(scratch, scratch + SCRATCH_LEN)])?;
+    if let Err(e) = rt.batch(&sysv) {
+        close_all(rt, &fds);
+        return Err(RestoreError::Memory(format!(
+            "SysV shared memory attachments: {e}"
+        )));
+    }
+
     // 3. Every area at its address, writable while it is filled if it has stored pages. One batch.
     let has_pages = |s: u64, e: u64| {
         entries
@@ -318,7 +330,9 @@ pub fn restore_mm(
                     ],
                 ));
             }
-            VmaKind::Vdso | VmaKind::Vvar | VmaKind::VvarVclock => continue,
+            VmaKind::Vdso | VmaKind::Vvar | VmaKind::VvarVclock | VmaKind::SysvShm { .. } => {
+                continue
+            }
         }
         what.push(v);
         if fill && v.prot & libc::PROT_WRITE as u32 == 0 {
@@ -397,6 +411,122 @@ pub fn restore_mm(
     close_all(rt, &fds);
     r?;
     Ok(())
+}
+
+/// The remote calls that attach every SysV segment of `vmas` as dumped. The areas of one
+/// attachment share the segment and the address it was attached at (`start - offset`):
+/// - all of the segment still mapped (the usual case, possibly split by `mprotect`):
+///   `shmat` at that address, then `mprotect` of the areas whose protection differs;
+/// - parts unmapped or moved: `shmat` at a staging address free in the dumped layout (and
+///   outside `busy`), each area `mremap`ped from there to its place, the rest unmapped.
+///
+/// `shmat` maps read-only unless an area is writable, and executable if one is.
+/// The kernel's `shmdt` finds an attachment by `vm_start - vm_pgoff`, which stays as dumped.
+pub fn sysv_attach_calls(vmas: &[Vma], busy: &[(u64, u64)]) -> Result<Vec<Call>, RestoreError> {
+    // (shmid, attach address, segment size) and the areas of that attachment.
+    type Attachment<'v> = ((i32, u64, u64), Vec<&'v Vma>);
+    let mut groups: Vec<Attachment<'_>> = Vec::new();
+    for v in vmas {
+        let VmaKind::SysvShm { shmid, size } = v.kind else {
+            continue;
+        };
+        let base = v.start.checked_sub(v.offset).ok_or_else(|| {
+            RestoreError::Memory(format!(
+                "SysV area {:#x}-{:#x} has offset {:#x} beyond its start",
+                v.start, v.end, v.offset
+            ))
+        })?;
+        match groups.iter_mut().find(|(k, _)| k.0 == shmid && k.1 == base) {
+            Some((_, g)) => g.push(v),
+            None => groups.push(((shmid, base, size), vec![v])),
+        }
+    }
+    let mut taken: Vec<(u64, u64)> = vmas.iter().map(|v| (v.start, v.end)).collect();
+    taken.extend_from_slice(busy);
+    taken.sort_unstable();
+    let mut calls = Vec::new();
+    for ((shmid, base, size), mut areas) in groups {
+        let seg_len = size.div_ceil(PAGE_SIZE as u64) * PAGE_SIZE as u64;
+        areas.sort_by_key(|v| v.start);
+        let prot_of =
+            |v: &Vma| v.prot as u64 & (libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC) as u64;
+        let writable = areas.iter().any(|v| v.prot & libc::PROT_WRITE as u32 != 0);
+        let exec = areas.iter().any(|v| v.prot & libc::PROT_EXEC as u32 != 0);
+        let flags = if writable { 0 } else { sys::ipc::SHM_RDONLY }
+            | if exec { sys::ipc::SHM_EXEC } else { 0 };
+        let attach_prot = libc::PROT_READ as u64
+            | if writable { libc::PROT_WRITE as u64 } else { 0 }
+            | if exec { libc::PROT_EXEC as u64 } else { 0 };
+        let whole = areas.first().is_some_and(|v| v.start == base)
+            && areas.windows(2).all(|w| w[0].end == w[1].start)
+            && areas.last().is_some_and(|v| v.end == base + seg_len);
+        if whole {
+            calls.push(Call::new(
+                "shmat",
+                libc::SYS_shmat,
+                &[shmid as u64, base, flags as u64],
+            ));
+        } else {
+            let stage = free_range(&taken, seg_len).ok_or_else(|| {
+                RestoreError::Memory(format!(
+                    "no room to stage SysV segment {shmid} ({seg_len} bytes)"
+                ))
+            })?;
+            taken.push((stage, stage + seg_len));
+            taken.sort_unstable();
+            calls.push(Call::new(
+                "shmat",
+                libc::SYS_shmat,
+                &[shmid as u64, stage, flags as u64],
+            ));
+            for v in &areas {
+                let len = v.end - v.start;
+                if v.offset + len > seg_len {
+                    return Err(RestoreError::Memory(format!(
+                        "SysV area {:#x}-{:#x} runs past the end of segment {shmid}",
+                        v.start, v.end
+                    )));
+                }
+                calls.push(Call::new(
+                    "mremap",
+                    libc::SYS_mremap,
+                    &[
+                        stage + v.offset,
+                        len,
+                        len,
+                        (libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED) as u64,
+                        v.start,
+                    ],
+                ));
+            }
+            calls.push(Call::new("munmap", libc::SYS_munmap, &[stage, seg_len]));
+        }
+        for v in &areas {
+            if prot_of(v) != attach_prot {
+                calls.push(Call::new(
+                    "mprotect",
+                    libc::SYS_mprotect,
+                    &[v.start, v.end - v.start, prot_of(v)],
+                ));
+            }
+        }
+    }
+    Ok(calls)
+}
+
+/// A page-aligned range of `len` bytes above 4 GiB that overlaps none of `taken` (sorted).
+fn free_range(taken: &[(u64, u64)], len: u64) -> Option<u64> {
+    let mut at: u64 = 1 << 32;
+    for &(s, e) in taken {
+        if e <= at {
+            continue;
+        }
+        if s >= at + len {
+            break;
+        }
+        at = e.div_ceil(PAGE_SIZE as u64) * PAGE_SIZE as u64;
+    }
+    (at + len <= TASK_SIZE).then_some(at)
 }
 
 fn write_pages(
@@ -490,4 +620,74 @@ fn write_group(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sysv(start: u64, end: u64, prot: i32, offset: u64, shmid: i32, size: u64) -> Vma {
+        Vma {
+            start,
+            end,
+            prot: prot as u32,
+            flags: libc::MAP_SHARED as u32,
+            offset,
+            advice: Vec::new(),
+            locked: false,
+            kind: VmaKind::SysvShm { shmid, size },
+        }
+    }
+
+    #[test]
+    fn free_range_skips_taken_areas() {
+        let g = 1u64 << 32;
+        assert_eq!(free_range(&[], 0x3000), Some(g));
+        assert_eq!(free_range(&[(g, g + 0x2000)], 0x3000), Some(g + 0x2000));
+        assert_eq!(
+            free_range(
+                &[(g + 0x1000, g + 0x2000), (g + 0x4000, g + 0x5000)],
+                0x2000
+            ),
+            Some(g + 0x2000)
+        );
+        assert_eq!(free_range(&[(0, TASK_SIZE)], 0x1000), None);
+    }
+
+    #[test]
+    fn whole_attachment_is_one_shmat_and_its_mprotects() {
+        let size = 3 * 4096 + 10;
+        let vmas = [
+            sysv(
+                0x10000,
+                0x11000,
+                libc::PROT_READ | libc::PROT_WRITE,
+                0,
+                7,
+                size,
+            ),
+            sysv(0x11000, 0x14000, libc::PROT_READ, 0x1000, 7, size),
+        ];
+        let calls = sysv_attach_calls(&vmas, &[]).unwrap();
+        let names: Vec<_> = calls.iter().map(|c| c.name).collect();
+        assert_eq!(names, ["shmat", "mprotect"]);
+        assert!(matches!(calls[0].args[1], sys::remote::Arg::Imm(0x10000)));
+        assert!(matches!(calls[0].args[2], sys::remote::Arg::Imm(0)));
+    }
+
+    #[test]
+    fn partial_attachment_is_staged_and_moved() {
+        let size = 4 * 4096;
+        let vmas = [sysv(0x20000, 0x22000, libc::PROT_READ, 0x1000, 3, size)];
+        let calls = sysv_attach_calls(&vmas, &[]).unwrap();
+        let names: Vec<_> = calls.iter().map(|c| c.name).collect();
+        assert_eq!(names, ["shmat", "mremap", "munmap"]);
+        assert!(matches!(
+            calls[0].args[2],
+            sys::remote::Arg::Imm(f) if f == sys::ipc::SHM_RDONLY as u64
+        ));
+        // Past the segment's end: refused.
+        let bad = [sysv(0x20000, 0x30000, libc::PROT_READ, 0x1000, 3, size)];
+        assert!(sysv_attach_calls(&bad, &[]).is_err());
+    }
 }

@@ -163,6 +163,8 @@ pub fn validate(img: &Images) -> Result<(), RestoreError> {
                     && e.addr.saturating_add(e.nr_pages as u64 * PAGE)
                         <= o.size.div_ceil(PAGE) * PAGE
             }),
+            // Checked against the segments of the ipc record by `crate::ipc::validate`.
+            PageOwner::SysvShm(_) => true,
         };
         if !covered || e.nr_pages == 0 || e.addr % PAGE != 0 {
             return Err(bad(format!(

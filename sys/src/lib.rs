@@ -8,6 +8,7 @@
 
 pub mod clone;
 pub mod features;
+pub mod ipc;
 pub mod ns;
 pub mod ptrace;
 pub mod remote;

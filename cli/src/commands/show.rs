@@ -4,11 +4,12 @@ use anyhow::Context;
 use clap::Args;
 use images_format::core::CoreImage;
 use images_format::files::FilesImage;
+use images_format::ipc::IpcImage;
 use images_format::mm::{MmImage, PagemapImage};
 use images_format::ns::NamespacesImage;
 use images_format::pipes::PipesImage;
 use images_format::pstree::PstreeImage;
-use images_format::ImageDir;
+use images_format::{ImageDir, ImageKind};
 
 /// Decode and print every record of an image (like CRIU's crit).
 #[derive(Args, Debug)]
@@ -30,6 +31,9 @@ struct Everything {
     files: FilesImage,
     pipes: PipesImage,
     ns: NamespacesImage,
+    /// Only in images of a VE with its own IPC namespace.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ipc: Option<IpcImage>,
 }
 
 pub fn run(a: &ShowArgs) -> anyhow::Result<i32> {
@@ -44,6 +48,11 @@ pub fn run(a: &ShowArgs) -> anyhow::Result<i32> {
         files: dir.read()?,
         pipes: dir.read()?,
         ns: dir.read()?,
+        ipc: if dir.has(ImageKind::Ipc) {
+            Some(dir.read()?)
+        } else {
+            None
+        },
     };
     if a.json {
         super::print_json(&all)?;
@@ -143,6 +152,51 @@ pub fn run(a: &ShowArgs) -> anyhow::Result<i32> {
             "  mount {} parent {} {} {} ({}) flags {:#x} options {:?} {:?}",
             m.id, m.parent_id, m.mountpoint, m.fstype, m.source, m.flags, m.fs_options, m.kind
         );
+    }
+    if let Some(ipc) = &all.ipc {
+        println!("\n== ipc");
+        println!("  sysctls {:?}", ipc.sysctls);
+        for s in &ipc.shm {
+            println!(
+                "  shm {} key {:#x} size {} {:?} nattch {}{}",
+                s.id,
+                s.perm.key,
+                s.size,
+                s.perm,
+                s.nattch,
+                if s.removed() { " (removed)" } else { "" }
+            );
+        }
+        for s in &ipc.sem {
+            println!("  sem {} {:?} values {:?}", s.id, s.perm, s.values);
+        }
+        for q in &ipc.msg {
+            println!(
+                "  msg {} {:?} qbytes {} messages (type, bytes) {:?}",
+                q.id,
+                q.perm,
+                q.qbytes,
+                q.messages
+                    .iter()
+                    .map(|m| (m.mtype, m.data.len()))
+                    .collect::<Vec<_>>()
+            );
+        }
+        for q in &ipc.mqueues {
+            println!(
+                "  mqueue /{} uid {} gid {} mode {:#o} maxmsg {} msgsize {} messages (prio, bytes) {:?}",
+                q.name,
+                q.uid,
+                q.gid,
+                q.mode,
+                q.maxmsg,
+                q.msgsize,
+                q.messages
+                    .iter()
+                    .map(|m| (m.prio, m.data.len()))
+                    .collect::<Vec<_>>()
+            );
+        }
     }
     Ok(0)
 }

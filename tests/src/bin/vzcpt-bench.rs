@@ -294,7 +294,10 @@ impl BenchVe {
         self.vzctl(&["create", &id, "--command", command])?;
         self.vzctl(&["start", &id])?;
         let deadline = Instant::now() + Duration::from_secs(60);
-        while self.vzctl(&["exec", &id, "test", "-e", "/tmp/ready"]).is_err() {
+        while self
+            .vzctl(&["exec", &id, "test", "-e", "/tmp/ready"])
+            .is_err()
+        {
             if Instant::now() > deadline {
                 bail!("VE {ctid} did not get ready");
             }
@@ -339,7 +342,11 @@ fn ve_bench(quick: bool) -> anyhow::Result<()> {
         let _ = ve.vzctl(&["stop", ctid, "--timeout", "1"]);
         let _ = ve.vzctl(&["destroy", ctid]);
     }
-    for h in std::fs::read_dir("/sys/fs/cgroup").into_iter().flatten().flatten() {
+    for h in std::fs::read_dir("/sys/fs/cgroup")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
         let _ = std::fs::remove_dir(h.path().join(&ve.cgroup));
     }
     r
