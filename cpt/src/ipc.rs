@@ -33,7 +33,7 @@
 use std::fs::File;
 use std::io::Read;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 
 use images_format::ipc::{
@@ -41,19 +41,15 @@ use images_format::ipc::{
     SysvMessage,
 };
 use images_format::mm::PageOwner;
-use images_format::pagestore::CHUNK_SIZE;
-use images_format::PAGE_SIZE;
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
 use nix::sys::stat::Mode;
-use nix::unistd::{lseek, Whence};
 use sys::ipc as sysipc;
 use sys::{Pid, SysError};
 
-use crate::pagesink::{Job, PageSink};
+use crate::pagesink::PageSink;
 use crate::DumpError;
 
-const PAGE: u64 = PAGE_SIZE as u64;
 const HUGETLBFS_MAGIC: i64 = 0x9584_58f6;
 
 /// The IPC namespace of task `pid`, as the inode number of `/proc/PID/ns/ipc`.
@@ -348,56 +344,17 @@ impl Collector<'_> {
                 reason: "segments on huge pages (SHM_HUGETLB) are not supported".into(),
             });
         }
-        let size = st.size;
-        let mut off = 0u64;
-        while off < size {
-            let data = match lseek(&file, off as i64, Whence::SeekData) {
-                Ok(d) => d as u64,
-                Err(Errno::ENXIO) => break,
-                Err(e) => {
-                    return Err(DumpError::Task {
-                        pid: self.pid,
-                        what: what(),
-                        reason: format!("SEEK_DATA: {e}"),
-                    })
-                }
-            };
-            let hole = lseek(&file, data as i64, Whence::SeekHole)
-                .map(|h| h as u64)
-                .unwrap_or(size)
-                .min(size.div_ceil(PAGE) * PAGE);
-            let mut pos = data & !(PAGE - 1);
-            while pos < hole {
-                let n = ((hole - pos).div_ceil(PAGE) as usize).min(CHUNK_SIZE / PAGE_SIZE);
-                let len = n * PAGE_SIZE;
-                let mut buf = self.sink.buffer()?;
-                let mut got = 0;
-                while got < len {
-                    match file.read_at(&mut buf[got..len], pos + got as u64) {
-                        Ok(0) => break,
-                        Ok(k) => got += k,
-                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                        Err(e) => {
-                            return Err(DumpError::Task {
-                                pid: self.pid,
-                                what: what(),
-                                reason: format!("read at {pos:#x}: {e}"),
-                            })
-                        }
-                    }
-                }
-                buf[got..len].fill(0);
-                self.sink.send(Job {
-                    owner: PageOwner::SysvShm(st.id),
-                    addr: pos,
-                    n,
-                    drop_zero: true,
-                    buf,
-                })?;
-                pos += len as u64;
-            }
-            off = hole;
-        }
+        crate::pagesink::send_file(
+            self.sink,
+            &file,
+            st.size,
+            PageOwner::SysvShm(st.id),
+            |reason| DumpError::Task {
+                pid: self.pid,
+                what: what(),
+                reason,
+            },
+        )?;
         Ok(())
     }
 

@@ -16,6 +16,7 @@ pub mod pipes;
 pub mod proc;
 pub mod seize;
 pub mod task;
+pub mod tmpfs;
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -159,6 +160,20 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats, DumpError> {
             } else {
                 None
             };
+            // Every tmpfs mount's files, while the tree is frozen.
+            let mut tmpfs = tmpfs::TmpfsDumper {
+                pid: frozen.root().as_raw(),
+                sink: &sink,
+                next_id: 0,
+            };
+            let tmpfs_image = images_format::tmpfs::TmpfsImage {
+                mounts: namespaces
+                    .mounts
+                    .iter()
+                    .filter(|m| m.kind == images_format::ns::MountKind::Tmpfs)
+                    .map(|m| tmpfs.dump(&m.mountpoint))
+                    .collect::<Result<_, _>>()?,
+            };
             for p in &frozen.processes {
                 let pid = p.pid.as_raw();
                 let st = seize::read_stat(pid)?;
@@ -202,7 +217,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats, DumpError> {
                 mm.processes.push(pmm);
                 pstree.processes.push(entry);
             }
-            Ok::<_, DumpError>((mem.stats, std::mem::take(&mut mem.shmem), ipc))
+            Ok::<_, DumpError>((mem.stats, std::mem::take(&mut mem.shmem), ipc, tmpfs_image))
         })();
         drop(sink);
         let stored = storing
@@ -212,7 +227,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats, DumpError> {
     });
     // The writer's own error explains a failed send better than the send does.
     let stored = stored?;
-    let (mem_stats, shmem, ipc) = collected?;
+    let (mem_stats, shmem, ipc, tmpfs_image) = collected?;
     mm.shmem = shmem;
     let entries = stored.entries;
     let index = store.finish()?;
@@ -256,6 +271,9 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats, DumpError> {
     writer.write(&namespaces)?;
     if let Some(ipc) = &ipc {
         writer.write(ipc)?;
+    }
+    if !tmpfs_image.mounts.is_empty() {
+        writer.write(&tmpfs_image)?;
     }
     writer.commit()?;
 

@@ -170,3 +170,61 @@ fn store_runs(
     }
     Ok(())
 }
+
+/// Sends the data of `file` (its first `size` bytes) to `sink` as pages of `owner` at their
+/// offsets, skipping holes (`SEEK_DATA`/`SEEK_HOLE`); the tail of the last page is zero.
+/// `fail` turns a reason into the caller's error, naming the object.
+pub fn send_file(
+    sink: &PageSink,
+    file: &std::fs::File,
+    size: u64,
+    owner: PageOwner,
+    fail: impl Fn(String) -> DumpError,
+) -> Result<(), DumpError> {
+    use std::os::unix::fs::FileExt;
+
+    use nix::errno::Errno;
+    use nix::unistd::{lseek, Whence};
+    const PAGE: u64 = PAGE_SIZE as u64;
+    let mut off = 0u64;
+    while off < size {
+        let data = match lseek(file, off as i64, Whence::SeekData) {
+            Ok(d) => d as u64,
+            Err(Errno::ENXIO) => break,
+            Err(e) => return Err(fail(format!("SEEK_DATA: {e}"))),
+        };
+        if data >= size {
+            break;
+        }
+        let hole = lseek(file, data as i64, Whence::SeekHole)
+            .map(|h| h as u64)
+            .unwrap_or(size)
+            .min(size.div_ceil(PAGE) * PAGE);
+        let mut pos = data & !(PAGE - 1);
+        while pos < hole {
+            let n = ((hole - pos).div_ceil(PAGE) as usize).min(CHUNK_SIZE / PAGE_SIZE);
+            let len = n * PAGE_SIZE;
+            let mut buf = sink.buffer()?;
+            let mut got = 0;
+            while got < len {
+                match file.read_at(&mut buf[got..len], pos + got as u64) {
+                    Ok(0) => break,
+                    Ok(k) => got += k,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(fail(format!("read at {pos:#x}: {e}"))),
+                }
+            }
+            buf[got..len].fill(0);
+            sink.send(Job {
+                owner,
+                addr: pos,
+                n,
+                drop_zero: true,
+                buf,
+            })?;
+            pos += len as u64;
+        }
+        off = hole;
+    }
+    Ok(())
+}

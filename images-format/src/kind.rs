@@ -17,6 +17,7 @@ pub enum ImageKind {
     Pipes = 8,
     Ns = 9,
     Ipc = 10,
+    Tmpfs = 11,
 }
 
 /// One row of [`KINDS`].
@@ -32,7 +33,7 @@ pub struct KindDesc {
 /// The table of all kinds, in increasing `u16` order. Values may have gaps (a value is given
 /// to a kind when its work starts; kinds land in any order). Magics are arbitrary distinct
 /// constants, far apart, so a damaged or foreign file is recognised at once.
-pub const KINDS: [KindDesc; 10] = [
+pub const KINDS: [KindDesc; 11] = [
     KindDesc {
         kind: ImageKind::Inventory,
         file_name: "inventory",
@@ -82,6 +83,11 @@ pub const KINDS: [KindDesc; 10] = [
         kind: ImageKind::Ipc,
         file_name: "ipc",
         magic: 0x49a7_c35b,
+    },
+    KindDesc {
+        kind: ImageKind::Tmpfs,
+        file_name: "tmpfs",
+        magic: 0x746d_9a41,
     },
 ];
 
@@ -169,7 +175,8 @@ mod tests {
                 "files",
                 "pipes",
                 "ns",
-                "ipc"
+                "ipc",
+                "tmpfs"
             ]
         );
         for &k in ImageKind::ALL {
@@ -177,7 +184,7 @@ mod tests {
             assert_eq!(ImageKind::from_magic(k.magic()), Some(k));
             assert_eq!(k.to_string(), k.file_name());
         }
-        for v in [0u16, 11, 12, 100, u16::MAX] {
+        for v in [0u16, 12, 100, u16::MAX] {
             assert_eq!(ImageKind::from_u16(v), None);
         }
         assert_eq!(ImageKind::from_magic(0), None);

@@ -13,7 +13,8 @@
 //!   files       file descriptors                |
 //!   pipes       pipes                           |
 //!   ns          namespaces: UTS, mounts, net   |
-//!   ipc         IPC namespace contents         /  (VEs in their own IPC namespace only)
+//!   ipc         IPC namespace contents          |  (VEs in their own IPC namespace only)
+//!   tmpfs       tmpfs mounts' files            /  (trees with their own mount namespace)
 //!   pages       page store: header padded to 4096, then 4096-aligned chunks of page data,
 //!               each with its own crc32 and optionally zstd (module pagestore)
 //! ```
@@ -38,6 +39,7 @@ pub mod mm;
 pub mod ns;
 pub mod pipes;
 pub mod pstree;
+pub mod tmpfs;
 
 use std::path::Path;
 

@@ -112,6 +112,8 @@ pub enum PageOwner {
     Shmem(u64),
     /// A SysV shared memory segment, by id; `addr` is an offset into it.
     SysvShm(i32),
+    /// A regular file of a tmpfs mount (`tmpfs` record), by id; `addr` is an offset into it.
+    TmpfsFile(u32),
 }
 
 /// `nr_pages` consecutive pages at `addr` (a virtual address, or an offset in a shared object),

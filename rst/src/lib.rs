@@ -14,6 +14,7 @@ pub mod ipc;
 pub mod memory;
 pub mod ns;
 pub mod task;
+pub mod tmpfs;
 pub mod tree;
 pub mod validate;
 
@@ -29,6 +30,7 @@ use images_format::mm::{MmImage, PagemapImage};
 use images_format::ns::{NamespacesImage, NsKind};
 use images_format::pipes::PipesImage;
 use images_format::pstree::PstreeImage;
+use images_format::tmpfs::TmpfsImage;
 use images_format::{FormatError, ImageDir, ImageKind};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use serde::Serialize;
@@ -93,6 +95,8 @@ pub struct Images {
     pub ns: NamespacesImage,
     /// Only when the tree owned its IPC namespace.
     pub ipc: Option<IpcImage>,
+    /// Contents of the tree's tmpfs mounts (empty without them).
+    pub tmpfs: TmpfsImage,
 }
 
 impl Images {
@@ -110,6 +114,11 @@ impl Images {
                 Some(dir.read()?)
             } else {
                 None
+            },
+            tmpfs: if dir.has(ImageKind::Tmpfs) {
+                dir.read()?
+            } else {
+                TmpfsImage::default()
             },
             dir,
         })
@@ -152,6 +161,21 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     let img = Images::load(&opts.dir)?;
     validate::validate(&img)?;
     ns::check(&img.ns, opts.root.as_deref())?;
+    tmpfs::validate(&img.tmpfs.mounts, &img.pagemap.entries)?;
+    for m in &img.ns.mounts {
+        if m.kind == images_format::ns::MountKind::Tmpfs
+            && !img
+                .tmpfs
+                .mounts
+                .iter()
+                .any(|t| t.mountpoint == m.mountpoint)
+        {
+            return Err(RestoreError::Invalid(format!(
+                "tmpfs {} has no contents in the image",
+                m.mountpoint
+            )));
+        }
+    }
     match (&img.ipc, img.ns.own.contains(&NsKind::Ipc)) {
         (Some(ipc), true) => ipc::validate(ipc, &img.pagemap.entries)?,
         (None, false) => {}
@@ -203,12 +227,28 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     // Run by the root in its new namespaces before it forks: mounts, names, loopback, then
     // the files that can only be opened there.
     let root_setup = || -> Result<(), String> {
-        ns::build_in_root(&img.ns, opts.root.as_deref(), &|m, _dir| {
-            Err(format!(
-                "tmpfs {}: contents cannot be restored yet",
-                m.mountpoint
-            ))
+        let chunks =
+            std::cell::RefCell::new(memory::ChunkCache::new(&store).map_err(|e| e.to_string())?);
+        ns::build_in_root(&img.ns, opts.root.as_deref(), &|m, dir| {
+            let contents = img
+                .tmpfs
+                .mounts
+                .iter()
+                .find(|t| t.mountpoint == m.mountpoint)
+                .ok_or_else(|| format!("tmpfs {} has no contents in the image", m.mountpoint))?;
+            tmpfs::restore_tmpfs(
+                dir,
+                contents,
+                &img.pagemap.entries,
+                &mut chunks.borrow_mut(),
+            )
+            .map_err(|e| e.to_string())
         })?;
+        if let Some(ipc) = &img.ipc {
+            // In the new, empty IPC namespace; the root's children attach what they map.
+            ipc::restore_ipc_ns(ipc, &img.pagemap.entries, &mut chunks.borrow_mut())
+                .map_err(|e| format!("IPC objects: {e}"))?;
+        }
         if own_mounts {
             let keepers = files::open_deferred(&img.files, &img.pipes, &prepared)
                 .map_err(|e| e.to_string())?;

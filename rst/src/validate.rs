@@ -165,6 +165,8 @@ pub fn validate(img: &Images) -> Result<(), RestoreError> {
             }),
             // Checked against the segments of the ipc record by `crate::ipc::validate`.
             PageOwner::SysvShm(_) => true,
+            // Checked against the files of the tmpfs record by `crate::tmpfs::validate`.
+            PageOwner::TmpfsFile(_) => true,
         };
         if !covered || e.nr_pages == 0 || e.addr % PAGE != 0 {
             return Err(bad(format!(

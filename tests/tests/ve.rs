@@ -187,6 +187,155 @@ grep -q " $VZ_DIR/root/105 " /proc/self/mountinfo && fail "a failed restore left
 echo OK
 "#;
 
+/// Two processes of a VE share SysV shared memory (one segment by key, one removed while
+/// attached), a semaphore set and a message queue; after a checkpoint and restore the
+/// segments are at the same addresses with the same contents and still shared between the
+/// two (a write of one is seen by the other), the ids and keys are the same, the semaphore
+/// values and the messages (types, order) are as they were.
+const SYSV_IPC: &str = r#"
+vz create 107 --command 'exec python3 /root/ipc.py' || fail "create"
+mkdir -p "$VZ_DIR/private/107/upper/root"
+cat > "$VZ_DIR/private/107/upper/root/ipc.py" <<'PY'
+import ctypes, os, time
+libc = ctypes.CDLL(None, use_errno=True)
+libc.shmat.restype = ctypes.c_void_p
+libc.shmat.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_int]
+IPC_CREAT, IPC_RMID, IPC_NOWAIT, SETVAL, GETVAL = 0o1000, 0, 0o4000, 16, 12
+SIZE = 1 << 20
+def check(cond, what):
+    if not cond:
+        raise SystemExit("FAIL: " + what)
+shm = libc.shmget(0x1234, SIZE, IPC_CREAT | 0o600); check(shm >= 0, "shmget")
+addr = libc.shmat(shm, None, 0)
+buf = (ctypes.c_char * SIZE).from_address(addr)
+buf[0:11] = b"hello world"; buf[700000] = b"Z"
+gone = libc.shmget(0, 8192, IPC_CREAT | 0o600)
+gaddr = libc.shmat(gone, None, 0)
+gbuf = (ctypes.c_char * 8192).from_address(gaddr)
+gbuf[5000] = b"R"
+libc.shmctl(gone, IPC_RMID, None)
+sem = libc.semget(0x2345, 3, IPC_CREAT | 0o600); check(sem >= 0, "semget")
+for i, v in enumerate([7, 42, 0]):
+    libc.semctl(sem, i, SETVAL, v)
+msq = libc.msgget(0x3456, IPC_CREAT | 0o600); check(msq >= 0, "msgget")
+class Msg(ctypes.Structure):
+    _fields_ = [("mtype", ctypes.c_long), ("mtext", ctypes.c_char * 64)]
+for t, text in [(1, b"first"), (5, b"second"), (2, b"third")]:
+    m = Msg(t, text)
+    check(libc.msgsnd(msq, ctypes.byref(m), len(text), 0) == 0, "msgsnd")
+ids = (shm, gone, sem, msq)
+if os.fork() == 0:
+    # The child mirrors byte 100 into byte 200 of the shared segment, for ever.
+    while True:
+        buf[200] = buf[100]
+        time.sleep(0.01)
+open("/tmp/ready", "w").close()
+while not os.path.exists("/tmp/check"):
+    time.sleep(0.05)
+try:
+    check(bytes(buf[0:11]) == b"hello world" and buf[700000] == b"Z", "segment contents")
+    check(gbuf[5000] == b"R", "contents of the removed segment")
+    check((libc.shmget(0x1234, 0, 0), libc.semget(0x2345, 0, 0), libc.msgget(0x3456, 0, 0)) == (shm, sem, msq), "ids by key")
+    check([libc.semctl(sem, i, GETVAL) for i in range(3)] == [7, 42, 0], "semaphore values")
+    got = []
+    for _ in range(3):
+        m = Msg()
+        n = libc.msgrcv(msq, ctypes.byref(m), 64, 0, IPC_NOWAIT)
+        check(n >= 0, "msgrcv")
+        got.append((m.mtype, m.mtext[:n]))
+    check(got == [(1, b"first"), (5, b"second"), (2, b"third")], "messages: %r" % got)
+    buf[100] = b"Q"
+    time.sleep(0.3)
+    check(buf[200] == b"Q", "the segment is not shared with the child any more")
+    maps = open("/proc/self/maps").read()
+    check(("%x-" % addr) in maps and ("%x-" % gaddr) in maps, "attachments moved")
+    open("/tmp/result", "w").write("PASS")
+except SystemExit as e:
+    open("/tmp/result", "w").write(str(e))
+time.sleep(100000)
+PY
+vz start 107 || fail "start"
+until_true 10 vz exec 107 test -e /tmp/ready || fail "the IPC workload does not get ready"
+vz exec 107 ipcs | grep -q 0x00001234 || fail "ipcs in the VE does not show the segment"
+ipcs -m | grep -q 0x00001234 && fail "the VE's segment is in the host's IPC namespace"
+vz chkpnt 107 || fail "chkpnt"
+"$BIN/vzcpt" show -D "$VZ_DIR/dump/107" | grep -q '^== ipc' || fail "the image has no ipc record"
+vz restore 107 || fail "restore"
+vz exec 107 touch /tmp/check || fail "exec"
+until_true 10 vz exec 107 test -e /tmp/result || fail "no result"
+res=$(vz exec 107 cat /tmp/result)
+[ "$res" = PASS ] || fail "after restore: $res"
+echo OK
+"#;
+
+/// The VE's tmpfs mounts come back whole: every kind of entry in /tmp (nested directories,
+/// a sparse file with its hole, empty, setuid and sticky modes, foreign owners, symbolic links
+/// dangling or not, hard links, a FIFO, a device node, xattrs, odd names) and a tmpfs mounted
+/// inside it, compared by a manifest of everything `lstat`, the data and the holes say.
+const TMPFS_CONTENTS: &str = r#"
+vz create 108 || fail "create"
+mkdir -p "$VZ_DIR/private/108/upper/root"
+cat > "$VZ_DIR/private/108/upper/root/manifest.py" <<'PY'
+import hashlib, os, stat, sys
+root = sys.argv[1]
+out = []
+for d, dirs, files in os.walk(root):
+    dirs.sort()
+    for n in sorted(dirs + files):
+        p = os.path.join(d, n)
+        st = os.lstat(p)
+        line = [repr(os.path.relpath(p, root)), oct(st.st_mode), st.st_uid, st.st_gid, st.st_nlink,
+                st.st_mtime_ns, st.st_rdev if stat.S_ISCHR(st.st_mode) else 0]
+        if stat.S_ISLNK(st.st_mode):
+            line.append(os.readlink(p))
+        elif stat.S_ISREG(st.st_mode):
+            data = open(p, "rb").read()
+            fd = os.open(p, os.O_RDONLY)
+            line += [len(data), hashlib.sha256(data).hexdigest(), os.lseek(fd, 0, os.SEEK_HOLE) if data else 0]
+            os.close(fd)
+            line.append(sorted((a, os.getxattr(p, a)) for a in os.listxattr(p)))
+        elif stat.S_ISDIR(st.st_mode):
+            line.append(sorted((a, os.getxattr(p, a)) for a in os.listxattr(p)))
+        out.append(" ".join(map(str, line)))
+inodes = {}
+for d, dirs, files in os.walk(root):
+    for n in files:
+        st = os.lstat(os.path.join(d, n))
+        if stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
+            inodes.setdefault(st.st_ino, []).append(os.path.relpath(os.path.join(d, n), root))
+out.append("links " + repr(sorted(sorted(v) for v in inodes.values())))
+print("\n".join(out))
+PY
+vz start 108 || fail "start"
+cat > "$VZ_DIR/private/108/upper/root/fill.sh" <<'SH'
+set -e
+cd /tmp
+mkdir -p a/b/c
+echo deep > a/b/c/file
+python3 -c 'f = open("sparse", "wb"); f.write(b"x" * 5000); f.seek(3 << 20); f.write(b"end")'
+: > empty
+echo s > setuid; chmod 4755 setuid
+mkdir sticky; chmod 1777 sticky
+echo owned > owned; chown 1234:5678 owned
+ln -s /nowhere dangling; ln -s a/b/c/file link
+echo shared > hard1; ln hard1 a/hard2
+mkfifo fifo; mknod null c 1 3
+echo x > "odd name
+with newline"
+python3 -c 'import os; os.setxattr("owned", "user.x", b"xv"); os.setxattr("a", "user.d", b"dv")'
+mkdir inner; mount -t tmpfs -o size=1m tmpfs inner; echo in > inner/file
+SH
+vz exec 108 sh /root/fill.sh || fail "fill /tmp"
+vz exec 108 python3 /root/manifest.py /tmp > "$WORK/before" || fail "manifest before"
+grep -q "'inner/file'" "$WORK/before" || fail "the manifest misses the nested tmpfs: $(cat $WORK/before)"
+grep -q "user.x" "$WORK/before" || fail "xattrs are not in the manifest (tmpfs without user xattrs?)"
+vz chkpnt 108 || fail "chkpnt"
+vz restore 108 || fail "restore"
+vz exec 108 python3 /root/manifest.py /tmp > "$WORK/after" || fail "manifest after"
+diff "$WORK/before" "$WORK/after" || fail "/tmp differs after restore"
+echo OK
+"#;
+
 fn bins() -> anyhow::Result<PathBuf> {
     let vzctl = tests::paths::cli_bin("vzctl")?;
     for b in ["vzlist", "vzinit"] {
@@ -292,6 +441,8 @@ fn main() {
         ("shell_loop_ten_chkpnt_restore_cycles", SHELL_LOOP_CYCLES),
         ("tree_of_ten_in_two_sessions", TREE_TWO_SESSIONS),
         ("failures_leave_ve_as_it_was", FAILURES),
+        ("sysv_ipc_shared_by_two_processes", SYSV_IPC),
+        ("tmpfs_contents_kept_whole", TMPFS_CONTENTS),
     ];
     let trials = scripts
         .into_iter()

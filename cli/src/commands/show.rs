@@ -9,6 +9,7 @@ use images_format::mm::{MmImage, PagemapImage};
 use images_format::ns::NamespacesImage;
 use images_format::pipes::PipesImage;
 use images_format::pstree::PstreeImage;
+use images_format::tmpfs::TmpfsImage;
 use images_format::{ImageDir, ImageKind};
 
 /// Decode and print every record of an image (like CRIU's crit).
@@ -34,6 +35,9 @@ struct Everything {
     /// Only in images of a VE with its own IPC namespace.
     #[serde(skip_serializing_if = "Option::is_none")]
     ipc: Option<IpcImage>,
+    /// Only in images of a tree with tmpfs mounts of its own.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tmpfs: Option<TmpfsImage>,
 }
 
 pub fn run(a: &ShowArgs) -> anyhow::Result<i32> {
@@ -49,6 +53,11 @@ pub fn run(a: &ShowArgs) -> anyhow::Result<i32> {
         pipes: dir.read()?,
         ns: dir.read()?,
         ipc: if dir.has(ImageKind::Ipc) {
+            Some(dir.read()?)
+        } else {
+            None
+        },
+        tmpfs: if dir.has(ImageKind::Tmpfs) {
             Some(dir.read()?)
         } else {
             None
@@ -196,6 +205,17 @@ pub fn run(a: &ShowArgs) -> anyhow::Result<i32> {
                     .map(|m| (m.prio, m.data.len()))
                     .collect::<Vec<_>>()
             );
+        }
+    }
+    if let Some(t) = &all.tmpfs {
+        for m in &t.mounts {
+            println!("\n== tmpfs {} ({} entries)", m.mountpoint, m.entries.len());
+            for e in &m.entries {
+                println!(
+                    "  {:?} {:?} mode {:#o} owner {}:{}",
+                    e.path, e.kind, e.meta.mode, e.meta.uid, e.meta.gid
+                );
+            }
         }
     }
     Ok(0)
