@@ -127,6 +127,16 @@ impl FilesDumper {
             reason: reason.to_string(),
         };
         let ft = meta.file_type();
+        const MQUEUE_MAGIC: i64 = 0x1980_0202;
+        let link = format!("/proc/{pid}/fd/{fd}");
+        if ft.is_file()
+            && nix::sys::statfs::statfs(link.as_str())
+                .is_ok_and(|s| s.filesystem_type().0 as i64 == MQUEUE_MAGIC)
+        {
+            return Ok(FileKind::PosixMqueue {
+                name: target.to_string(),
+            });
+        }
         if ft.is_file() {
             if let Some(path) = target.strip_suffix(" (deleted)") {
                 if meta.size() > MAX_UNLINKED_SIZE {

@@ -56,6 +56,11 @@ pub enum FileKind {
     UnlinkedAlias {
         of: u32,
     },
+    /// A POSIX message queue descriptor, by queue name (as `/name`); the queue itself and its
+    /// messages are in the `ipc` record when the tree owns its IPC namespace.
+    PosixMqueue {
+        name: String,
+    },
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]

@@ -133,6 +133,11 @@ impl<'a> Opener<'a> {
                     )
                 })?
             }
+            FileKind::PosixMqueue { name } => {
+                // In the tree's IPC namespace: the root opens it after refilling that.
+                sys::ipc::mq_open(name, acc | status, 0, None)
+                    .map_err(|e| err(d.id, &format!("POSIX message queue {name}"), e))?
+            }
             FileKind::Directory { path } => open_path(path, acc | status | libc::O_DIRECTORY)
                 .map_err(|e| err(d.id, &format!("open directory {path}"), e))?,
             FileKind::CharDevice { path, rdev } => {

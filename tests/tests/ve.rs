@@ -191,7 +191,8 @@ echo OK
 /// attached), a semaphore set and a message queue; after a checkpoint and restore the
 /// segments are at the same addresses with the same contents and still shared between the
 /// two (a write of one is seen by the other), the ids and keys are the same, the semaphore
-/// values and the messages (types, order) are as they were.
+/// values and the messages (types, order) are as they were, and so is a POSIX message queue
+/// (messages by priority).
 const SYSV_IPC: &str = r#"
 vz create 107 --command 'exec python3 /root/ipc.py' || fail "create"
 mkdir -p "$VZ_DIR/private/107/upper/root"
@@ -223,6 +224,10 @@ class Msg(ctypes.Structure):
 for t, text in [(1, b"first"), (5, b"second"), (2, b"third")]:
     m = Msg(t, text)
     check(libc.msgsnd(msq, ctypes.byref(m), len(text), 0) == 0, "msgsnd")
+libc.mq_open.argtypes = [ctypes.c_char_p, ctypes.c_int, ctypes.c_int, ctypes.c_void_p]
+mq = libc.mq_open(b"/vzq", os.O_CREAT | os.O_RDWR, 0o600, None); check(mq >= 0, "mq_open")
+for prio, text in [(1, b"low"), (9, b"high"), (1, b"low2")]:
+    check(libc.mq_send(mq, text, len(text), prio) == 0, "mq_send")
 ids = (shm, gone, sem, msq)
 if os.fork() == 0:
     # The child mirrors byte 100 into byte 200 of the shared segment, for ever.
@@ -244,6 +249,13 @@ try:
         check(n >= 0, "msgrcv")
         got.append((m.mtype, m.mtext[:n]))
     check(got == [(1, b"first"), (5, b"second"), (2, b"third")], "messages: %r" % got)
+    got = []
+    for _ in range(3):
+        b = ctypes.create_string_buffer(8192); prio = ctypes.c_uint()
+        n = libc.mq_receive(mq, b, 8192, ctypes.byref(prio))
+        check(n >= 0, "mq_receive")
+        got.append((prio.value, b.raw[:n]))
+    check(got == [(9, b"high"), (1, b"low"), (1, b"low2")], "POSIX queue: %r" % got)
     buf[100] = b"Q"
     time.sleep(0.3)
     check(buf[200] == b"Q", "the segment is not shared with the child any more")
@@ -257,6 +269,7 @@ PY
 vz start 107 || fail "start"
 until_true 10 vz exec 107 test -e /tmp/ready || fail "the IPC workload does not get ready"
 vz exec 107 ipcs | grep -q 0x00001234 || fail "ipcs in the VE does not show the segment"
+vz exec 107 test -e /dev/mqueue/vzq || fail "the POSIX queue is not in the VE's mqueue mount"
 ipcs -m | grep -q 0x00001234 && fail "the VE's segment is in the host's IPC namespace"
 vz chkpnt 107 || fail "chkpnt"
 "$BIN/vzcpt" show -D "$VZ_DIR/dump/107" | grep -q '^== ipc' || fail "the image has no ipc record"
@@ -271,7 +284,8 @@ echo OK
 /// The VE's tmpfs mounts come back whole: every kind of entry in /tmp (nested directories,
 /// a sparse file with its hole, empty, setuid and sticky modes, foreign owners, symbolic links
 /// dangling or not, hard links, a FIFO, a device node, xattrs, odd names) and a tmpfs mounted
-/// inside it, compared by a manifest of everything `lstat`, the data and the holes say.
+/// inside it, compared by a manifest of everything `lstat`, the data and the holes say; and the
+/// mount table is the same (order, options), with a read-only bind mount of the root file system.
 const TMPFS_CONTENTS: &str = r#"
 vz create 108 || fail "create"
 mkdir -p "$VZ_DIR/private/108/upper/root"
@@ -323,16 +337,28 @@ mkfifo fifo; mknod null c 1 3
 echo x > "odd name
 with newline"
 python3 -c 'import os; os.setxattr("owned", "user.x", b"xv"); os.setxattr("a", "user.d", b"dv")'
-mkdir inner; mount -t tmpfs -o size=1m tmpfs inner; echo in > inner/file
+mkdir inner; mount -t tmpfs -o size=1m,mode=700 tmpfs inner; echo in > inner/file
+mkdir -p /root/bsrc /root/bdst; echo bound > /root/bsrc/f; mount --bind -o ro /root/bsrc /root/bdst
+mount -o remount,bind,ro /root/bdst
 SH
 vz exec 108 sh /root/fill.sh || fail "fill /tmp"
 vz exec 108 python3 /root/manifest.py /tmp > "$WORK/before" || fail "manifest before"
+# The mount table without mount ids: point, per-mount options, type, source, super options
+# (but overlayfs's uuid=on, which the kernel shows only on the first mount of a new upper layer:
+# the VE's root is the host's business, not the image's).
+mounts() { vz exec 108 cat /proc/self/mountinfo | sed 's/,uuid=on//' | awk '{ sub(/ - /, " | "); $1 = $2 = $3 = ""; print }'; }
+mounts > "$WORK/mounts-before"
+grep -q '/root/bdst ro' "$WORK/mounts-before" || fail "no read-only bind mount: $(cat $WORK/mounts-before)"
 grep -q "'inner/file'" "$WORK/before" || fail "the manifest misses the nested tmpfs: $(cat $WORK/before)"
 grep -q "user.x" "$WORK/before" || fail "xattrs are not in the manifest (tmpfs without user xattrs?)"
 vz chkpnt 108 || fail "chkpnt"
 vz restore 108 || fail "restore"
 vz exec 108 python3 /root/manifest.py /tmp > "$WORK/after" || fail "manifest after"
 diff "$WORK/before" "$WORK/after" || fail "/tmp differs after restore"
+mounts > "$WORK/mounts-after"
+diff "$WORK/mounts-before" "$WORK/mounts-after" || fail "the mount table differs after restore"
+[ "$(vz exec 108 cat /root/bdst/f)" = bound ] || fail "the bind mount does not show its source"
+vz exec 108 sh -c 'echo x > /root/bdst/g' 2>/dev/null && fail "the bind mount is writable again"
 echo OK
 "#;
 
