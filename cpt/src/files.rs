@@ -131,7 +131,7 @@ impl FilesDumper {
         let link = format!("/proc/{pid}/fd/{fd}");
         if ft.is_file()
             && nix::sys::statfs::statfs(link.as_str())
-                .is_ok_and(|s| s.filesystem_type().0 as i64 == MQUEUE_MAGIC)
+                .is_ok_and(|s| s.filesystem_type().0 == MQUEUE_MAGIC)
         {
             return Ok(FileKind::PosixMqueue {
                 name: target.to_string(),
