@@ -30,7 +30,7 @@ pub struct Prepared {
     pub descs: HashMap<u32, OwnedFd>,
     /// FIFO keepers and unused pipe ends, held until the tree is released.
     pub keep: Vec<OwnedFd>,
-    /// Descriptions opened by path that must be opened inside the tree's own mount namespace:
+    /// Descriptions that must be opened inside the tree's own namespaces (see [`by_path`]):
     /// `descs` holds a placeholder at their number until [`open_deferred`] replaces it.
     pub deferred: Vec<u32>,
 }
@@ -39,7 +39,8 @@ fn err(id: u32, what: &str, e: impl std::fmt::Display) -> RestoreError {
     RestoreError::Files(format!("file description {id}: {what}: {e}"))
 }
 
-/// Whether a description is reached through a path (and so through a mount namespace).
+/// Whether a description depends on the tree's namespaces (a path, a queue name, ...): all
+/// but pipes, which are the same everywhere.
 fn by_path(kind: &FileKind) -> bool {
     !matches!(kind, FileKind::Pipe { .. })
 }
@@ -215,8 +216,8 @@ impl<'a> Opener<'a> {
     }
 }
 
-/// Opens every description at a number from `fd_base` up. With `defer_paths` (the tree has its
-/// own mount namespace, not built yet), those reached by path get a placeholder instead.
+/// Opens every description at a number from `fd_base` up. With `defer_paths` (the tree has
+/// namespaces of its own, not built yet), those that depend on them get a placeholder instead.
 pub fn prepare(
     files: &FilesImage,
     pipes: &PipesImage,
@@ -246,7 +247,7 @@ pub fn prepare(
     })
 }
 
-/// In the root of a tree with its own mount namespace, once that namespace is built: opens the
+/// In the root of a tree with namespaces of its own, once they are built: opens the
 /// deferred descriptions and puts each at its placeholder's number. The FIFO keepers returned
 /// must stay open until the tree's processes hold their own ends.
 pub fn open_deferred(

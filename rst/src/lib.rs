@@ -212,8 +212,10 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     }
     let mut chunks = memory::ChunkCache::new(&store)?;
     let shmem = memory::prepare_shmem(&img.mm.shmem, &img.pagemap.entries, &mut chunks, fd_base)?;
-    let own_mounts = img.ns.own.contains(&NsKind::Mnt);
-    let prepared = files::prepare(&img.files, &img.pipes, fd_base, own_mounts)?;
+    // A tree with namespaces of its own has its files opened by its root, inside them: paths
+    // resolve in its mount tree, sockets belong to its network, queues to its IPC namespace.
+    let in_root = !img.ns.own.is_empty();
+    let prepared = files::prepare(&img.files, &img.pipes, fd_base, in_root)?;
 
     // 3. The tree, with exact PIDs; each process waits to be seized.
     let layouts: HashMap<i32, Vec<(u64, u64)>> = img
@@ -249,7 +251,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
             ipc::restore_ipc_ns(ipc, &img.pagemap.entries, &mut chunks.borrow_mut())
                 .map_err(|e| format!("IPC objects: {e}"))?;
         }
-        if own_mounts {
+        if in_root {
             let keepers = files::open_deferred(&img.files, &img.pipes, &prepared)
                 .map_err(|e| e.to_string())?;
             // FIFO keepers stay open in the root builder until its descriptors are installed.
