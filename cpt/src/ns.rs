@@ -8,7 +8,9 @@
 
 use std::os::unix::fs::MetadataExt;
 
-use images_format::ns::{MountEntry, MountKind, NamespacesImage, NetState, NsKind, UtsState};
+use images_format::ns::{
+    MountEntry, MountKind, NamespacesImage, NetAddr, NetLink, NetRoute, NetState, NsKind, UtsState,
+};
 use nix::sched::CloneFlags;
 
 use crate::DumpError;
@@ -123,30 +125,132 @@ pub fn dump_namespaces(root: i32, pids: &[i32]) -> Result<NamespacesImage, DumpE
     Ok(img)
 }
 
+/// `ip -j ARGS` inside the network namespace of `pid` (iproute2, as the VE layer uses it).
+fn ip_json(pid: i32, args: &[&str]) -> Result<serde_json::Value, DumpError> {
+    let fail = |reason: String| DumpError::Task {
+        pid,
+        what: "network namespace".into(),
+        reason,
+    };
+    let out = std::process::Command::new("nsenter")
+        .arg(format!("--net=/proc/{pid}/ns/net"))
+        .args(["ip", "-j"])
+        .args(args)
+        .output()
+        .map_err(|e| {
+            fail(format!(
+                "run nsenter ip: {e} (are util-linux and iproute2 installed?)"
+            ))
+        })?;
+    if !out.status.success() {
+        return Err(fail(format!(
+            "ip -j {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    serde_json::from_slice(&out.stdout).map_err(|e| fail(format!("ip -j {}: {e}", args.join(" "))))
+}
+
 fn dump_net(root: i32) -> Result<NetState, DumpError> {
-    // /proc/PID/net shows the task's own network namespace.
-    let path = format!("/proc/{root}/net/dev");
-    let text = std::fs::read_to_string(&path).map_err(|source| DumpError::Io {
-        op: "read",
-        path: path.into(),
-        source,
-    })?;
-    for line in text.lines().skip(2) {
-        let name = line.split(':').next().unwrap_or("").trim();
-        if !name.is_empty() && name != "lo" {
+    let mut net = NetState::default();
+    let str_of = |v: &serde_json::Value, k: &str| {
+        v.get(k).and_then(|x| x.as_str()).unwrap_or("").to_string()
+    };
+    for link in ip_json(root, &["-d", "link", "show"])?
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        let name = str_of(link, "ifname");
+        let flags: Vec<&str> = link
+            .get("flags")
+            .and_then(|f| f.as_array())
+            .map(|f| f.iter().filter_map(|x| x.as_str()).collect())
+            .unwrap_or_default();
+        let up = flags.contains(&"UP");
+        if name == "lo" {
+            net.loopback_up = up;
+            continue;
+        }
+        let kind = link
+            .get("linkinfo")
+            .and_then(|i| i.get("info_kind"))
+            .and_then(|k| k.as_str())
+            .unwrap_or("")
+            .to_string();
+        if kind != "veth" {
             return Err(DumpError::Unsupported {
                 pid: root,
-                resource: format!("network interface {name}"),
-                reason: "only the loopback of a network namespace is dumped for now".into(),
+                resource: format!("network interface {name} ({kind})"),
+                reason: "only the loopback and veth ends (vzctl --ipadd) are dumped".into(),
+            });
+        }
+        net.links.push(NetLink {
+            name,
+            kind,
+            mac: str_of(link, "address"),
+            mtu: link.get("mtu").and_then(|m| m.as_u64()).unwrap_or(0) as u32,
+            up,
+        });
+    }
+    for a in ip_json(root, &["addr", "show"])?
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        let dev = str_of(a, "ifname");
+        if dev == "lo" {
+            continue;
+        }
+        for info in a
+            .get("addr_info")
+            .and_then(|x| x.as_array())
+            .into_iter()
+            .flatten()
+        {
+            // Link-local IPv6 addresses come back by themselves with the link.
+            if str_of(info, "scope") == "link" {
+                continue;
+            }
+            let local = str_of(info, "local");
+            let prefix = info.get("prefixlen").and_then(|p| p.as_u64()).unwrap_or(0);
+            net.addrs.push(NetAddr {
+                dev: dev.clone(),
+                addr: format!("{local}/{prefix}"),
             });
         }
     }
-    in_namespace(root, "net", CloneFlags::CLONE_NEWNET, || {
-        let flags = sys::ns::link_flags("lo")?;
-        Ok(NetState {
-            loopback_up: flags & libc::IFF_UP as u32 != 0,
-        })
-    })
+    for (v6, family) in [(false, "-4"), (true, "-6")] {
+        for r in ip_json(root, &[family, "route", "show", "table", "main"])?
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            // Routes the kernel derives from addresses and links come back with them.
+            if str_of(r, "protocol") == "kernel" || str_of(r, "dev") == "lo" {
+                continue;
+            }
+            let mut args = vec![str_of(r, "dst")];
+            for (key, word) in [("gateway", "via"), ("dev", "dev"), ("prefsrc", "src")] {
+                let v = str_of(r, key);
+                if !v.is_empty() {
+                    args.extend([word.to_string(), v]);
+                }
+            }
+            if let Some(m) = r.get("metric").and_then(|m| m.as_u64()) {
+                args.extend(["metric".to_string(), m.to_string()]);
+            }
+            if r.get("flags")
+                .and_then(|f| f.as_array())
+                .is_some_and(|f| f.iter().any(|x| x == "onlink"))
+            {
+                args.push("onlink".into());
+            }
+            net.routes.push(NetRoute { v6, args });
+        }
+    }
+    Ok(net)
 }
 
 /// One line of `/proc/PID/mountinfo` (see proc(5)).

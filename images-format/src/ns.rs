@@ -88,6 +88,36 @@ pub enum MountKind {
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
 pub struct NetState {
-    /// Whether `lo` was up. Other interfaces are a dump error until the network issue lands.
+    /// Whether `lo` was up.
     pub loopback_up: bool,
+    /// Links other than `lo`: the VE ends of veth pairs, recreated by the VE layer.
+    pub links: Vec<NetLink>,
+    /// Addresses of those links.
+    pub addrs: Vec<NetAddr>,
+    /// Routes of the main tables other than those the kernel makes from addresses.
+    pub routes: Vec<NetRoute>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct NetLink {
+    pub name: String,
+    /// `veth`: only the VE end of a pair whose other end is on the host.
+    pub kind: String,
+    pub mac: String,
+    pub mtu: u32,
+    pub up: bool,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct NetAddr {
+    pub dev: String,
+    /// Address with its prefix length, as `ip addr add` takes it.
+    pub addr: String,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct NetRoute {
+    pub v6: bool,
+    /// The route as `ip route add` arguments (`default via 10.0.0.1 dev eth0 metric 10`).
+    pub args: Vec<String>,
 }

@@ -60,7 +60,7 @@ pub enum RestoreError {
     Sys(#[from] SysError),
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct RestoreOptions {
     pub dir: PathBuf,
     /// Do not wait for the root: it is re-parented away from the restorer.
@@ -70,7 +70,15 @@ pub struct RestoreOptions {
     /// Cgroup paths starting with `.0` are restored under `.1` instead (a VE restored under
     /// another cgroup root or CTID).
     pub cgroup_rewrite: Option<(String, String)>,
+    /// Connects the restored network namespace (of the root, by host PID) to the host: the
+    /// VE layer creates its veth pair and gives it the dumped addresses and routes. Needed when
+    /// the image has network links; called before any socket is restored.
+    pub net_hook: Option<NetHook>,
 }
+
+/// See [`RestoreOptions::net_hook`].
+pub type NetHook =
+    std::sync::Arc<dyn Fn(i32, &images_format::ns::NetState) -> Result<(), String> + Send + Sync>;
 
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct RestoreStats {
@@ -161,6 +169,14 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     let img = Images::load(&opts.dir)?;
     validate::validate(&img)?;
     ns::check(&img.ns, opts.root.as_deref())?;
+    if let Some(net) = &img.ns.net {
+        if !net.links.is_empty() && opts.net_hook.is_none() {
+            return Err(RestoreError::Invalid(format!(
+                "the tree had network links ({}) that only the VE layer can connect: restore it with vzctl",
+                net.links.iter().map(|l| l.name.as_str()).collect::<Vec<_>>().join(", ")
+            )));
+        }
+    }
     tmpfs::validate(&img.tmpfs.mounts, &img.pagemap.entries)?;
     for m in &img.ns.mounts {
         if m.kind == images_format::ns::MountKind::Tmpfs
@@ -228,7 +244,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     plan.ns_flags = ns::clone_flags(&img.ns);
     // Run by the root in its new namespaces before it forks: mounts, names, loopback, then
     // the files that can only be opened there.
-    let root_setup = || -> Result<(), String> {
+    let ns_setup = || -> Result<(), String> {
         let chunks =
             std::cell::RefCell::new(memory::ChunkCache::new(&store).map_err(|e| e.to_string())?);
         ns::build_in_root(&img.ns, opts.root.as_deref(), &|m, dir| {
@@ -251,6 +267,9 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
             ipc::restore_ipc_ns(ipc, &img.pagemap.entries, &mut chunks.borrow_mut())
                 .map_err(|e| format!("IPC objects: {e}"))?;
         }
+        Ok(())
+    };
+    let files_setup = || -> Result<(), String> {
         if in_root {
             let keepers = files::open_deferred(&img.files, &img.pipes, &prepared)
                 .map_err(|e| e.to_string())?;
@@ -258,6 +277,22 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
             std::mem::forget(keepers);
         }
         Ok(())
+    };
+    let net_hook = |root: Pid| -> Result<(), String> {
+        match (&opts.net_hook, &img.ns.net) {
+            (Some(hook), Some(net)) => hook(root.as_raw(), net),
+            _ => Ok(()),
+        }
+    };
+    let root_setup = tree::RootSetup {
+        namespaces: &ns_setup,
+        files: &files_setup,
+        net_hook: img
+            .ns
+            .net
+            .as_ref()
+            .filter(|n| !n.links.is_empty())
+            .map(|_| &net_hook as &dyn Fn(Pid) -> Result<(), String>),
     };
     let hierarchies = cgroup::Hierarchies::of_this_host()?;
     // Declared before the tree: on failure the tree is killed first, then its new cgroups go.

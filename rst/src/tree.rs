@@ -39,9 +39,17 @@ pub struct Plan {
     pub root_cgroup_fd: Option<i32>,
 }
 
-/// What the root builder does first, in its new namespaces, before it forks its children.
-/// An error message goes back to the restorer.
-pub type RootSetup<'a> = &'a dyn Fn() -> Result<(), String>;
+/// What the root builder does in its new namespaces before it forks its children: first
+/// `namespaces`, then (after the restorer's `net_hook`, if any, has run) `files`. An error
+/// message goes back to the restorer.
+pub struct RootSetup<'a> {
+    pub namespaces: &'a dyn Fn() -> Result<(), String>,
+    pub files: &'a dyn Fn() -> Result<(), String>,
+    /// Run by the restorer with the root's host PID once its namespaces exist and are filled,
+    /// before any descriptor is opened in them (a VE's network links and addresses: sockets
+    /// bind to those addresses).
+    pub net_hook: Option<&'a dyn Fn(Pid) -> Result<(), String>>,
+}
 
 pub struct PlanProc {
     pub pid: i32,
@@ -67,12 +75,16 @@ struct BuilderFds {
     release: i32,
     /// Where the root builder writes why its setup failed.
     message: i32,
+    /// The root builder waits on it for the restorer's network hook.
+    go: i32,
 }
 
 /// `Report::value` of a zombie that joined its group and is about to exit.
 const JOINED: u64 = u64::MAX;
 /// `Report::value` of a zombie that has its session and group and waits or exits.
 const ZOMBIE_READY: u64 = u64::MAX - 1;
+/// `Report::value` of the root whose namespaces are ready for the restorer's network hook.
+const NS_READY: u64 = u64::MAX - 2;
 
 /// One report from a builder: 24 bytes, written atomically on a pipe.
 #[derive(Debug, Clone, Copy)]
@@ -182,7 +194,7 @@ fn build(
     idx: usize,
     fds: BuilderFds,
     die_with_parent: bool,
-    setup: RootSetup<'_>,
+    setup: &RootSetup<'_>,
 ) -> i32 {
     let report_fd = fds.report;
     let me = &plan.procs[idx];
@@ -205,8 +217,29 @@ fn build(
         1
     };
     if idx == 0 {
-        if let Err(msg) = setup() {
+        let say = |msg: String| {
             let _ = sys::syscalls::write_raw(fds.message, msg.as_bytes());
+        };
+        if let Err(msg) = (setup.namespaces)() {
+            say(msg);
+            return fail(Errno::EPROTO);
+        }
+        if setup.net_hook.is_some() {
+            write_report(
+                report_fd,
+                Report {
+                    pid: me.pid,
+                    errno: 0,
+                    value: NS_READY,
+                },
+            );
+            // EOF instead of the byte: the restorer gave up.
+            if !matches!(sys::syscalls::read_raw(fds.go, &mut [0u8; 1]), Ok(1)) {
+                return 1;
+            }
+        }
+        if let Err(msg) = (setup.files)() {
+            say(msg);
             return fail(Errno::EPROTO);
         }
     }
@@ -303,7 +336,7 @@ fn build(
 
 /// Creates the whole tree. With `detach`, the root is created by an intermediate process that
 /// exits at once, so the root is not the restorer's child.
-pub fn create(plan: &Plan, detach: bool, setup: RootSetup<'_>) -> Result<Created, RestoreError> {
+pub fn create(plan: &Plan, detach: bool, setup: &RootSetup<'_>) -> Result<Created, RestoreError> {
     let (report_r, report_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
         .map_err(|e| RestoreError::Tree(format!("pipe2: {e}")))?;
     let (release_r, release_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
@@ -311,10 +344,13 @@ pub fn create(plan: &Plan, detach: bool, setup: RootSetup<'_>) -> Result<Created
     let (message_r, message_w) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)
             .map_err(|e| RestoreError::Tree(format!("pipe2: {e}")))?;
+    let (go_r, go_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| RestoreError::Tree(format!("pipe2: {e}")))?;
     let fds = BuilderFds {
         report: report_w.as_raw_fd(),
         release: release_r.as_raw_fd(),
         message: message_w.as_raw_fd(),
+        go: go_r.as_raw_fd(),
     };
     let root = &plan.procs[0];
     let root_tid = [if plan.ns_init { 1 } else { root.pid }];
@@ -378,6 +414,8 @@ pub fn create(plan: &Plan, detach: bool, setup: RootSetup<'_>) -> Result<Created
     };
     drop(report_w);
     drop(message_w);
+    drop(go_r);
+    let mut ns_ready = false;
 
     let mut created = Created {
         root_host: root_host.unwrap_or(Pid::from_raw(0)),
@@ -420,10 +458,23 @@ pub fn create(plan: &Plan, detach: bool, setup: RootSetup<'_>) -> Result<Created
         }
         if r.pid == -1 {
             created.root_host = Pid::from_raw(r.value as i32);
+        } else if r.value == NS_READY {
+            ns_ready = true;
         } else if r.value == ZOMBIE_READY {
             zombies_ready += 1;
         } else {
             scratch.insert(r.pid, r.value);
+        }
+        // The root's namespaces are ready and its host PID known (a detached root's comes
+        // from the intermediate process, in either order): run the hook, then let it go on.
+        if ns_ready && created.root_host.as_raw() > 0 {
+            ns_ready = false;
+            if let Some(hook) = setup.net_hook {
+                hook(created.root_host).map_err(|e| {
+                    RestoreError::Tree(format!("network of the restored root: {e}"))
+                })?;
+            }
+            sys::syscalls::write_raw(go_w.as_raw_fd(), &[1])?;
         }
     }
     // Every process exists now with its own session and group, zombies included: the zombies

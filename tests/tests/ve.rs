@@ -15,6 +15,8 @@ use libtest_mimic::{Arguments, Failed, Trial};
 const PRELUDE: &str = r#"
 set -u
 fail() { echo "FAIL: $*"; exit 1; }
+# This "host" has its own network namespace: loopback and one address of its own.
+ip link set lo up && ip addr add 10.99.0.1/32 dev lo || fail "cannot set up the host network namespace"
 vz() { "$BIN/vzctl" "$@"; }
 # Stops every VE of this "host" when the script ends, however it ends.
 cleanup() { for c in $(ls "$VZ_DIR/conf" 2>/dev/null | sed -n 's/\.conf$//p'); do vz stop "$c" --timeout 1 >/dev/null 2>&1; done; }
@@ -383,6 +385,52 @@ vz exec 108 sh -c 'echo x > /root/bdst/g' 2>/dev/null && fail "the bind mount is
 echo OK
 "#;
 
+/// A VE with addresses (`--ipadd`, IPv4 and IPv6): reachable from the host through its veth
+/// pair; during a checkpoint its addresses are blackholed on the host (dropped, not refused);
+/// after the restore its links (same MAC), addresses and routes (one added by hand too) are
+/// as they were and it is reachable again.
+const NETWORK: &str = r#"
+reply() { python3 -c 'import socket, sys; s = socket.create_connection((sys.argv[1], 7007), timeout=3); print(s.recv(100).decode())' "$1"; }
+serve() { vz exec 210 python3 -c 'import socket; s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(("0.0.0.0", 7007)); s.listen(); open("/tmp/listening", "w"); c, a = s.accept(); c.send(b"hello from " + a[0].encode())' & }
+vz create 210 --command "$LOOP" || fail "create"
+vz set 210 --ipadd 10.99.1.5 --ipadd fd00::5 --save || fail "set --ipadd"
+grep -q '10.99.1.5' "$VZ_DIR/conf/210.conf" || fail "ipadd not saved"
+vz set 210 --ipadd 10.99.1.6 2>&1 | grep -q "need --save" || fail "a network change without --save was not refused"
+vz start 210 || fail "start"
+vz exec 210 ip -o addr show dev eth0 | grep -q 'inet 10.99.1.5/32' || fail "no address in the VE: $(vz exec 210 ip addr)"
+vz exec 210 ip -o addr show dev eth0 | grep -q 'inet6 fd00::5/128' || fail "no IPv6 address in the VE"
+ip route show 10.99.1.5 | grep -q 'dev veth210' || fail "no host route: $(ip route)"
+rm -f "$VZ_DIR/private/210/upper/tmp-listening"
+serve; until_true 10 vz exec 210 test -e /tmp/listening || fail "the server does not listen"
+out=$(reply 10.99.1.5) || fail "cannot reach the VE"
+[ "$out" = "hello from 10.99.0.1" ] || fail "reply: $out"
+wait
+vz exec 210 ip route add 10.200.0.0/16 dev eth0 metric 7 || fail "add a route in the VE"
+links() { vz exec 210 ip -o link show dev eth0 | sed 's/.*link\/ether \([^ ]*\).*/\1/'; }
+state() { vz exec 210 sh -c 'ip -o addr show dev eth0 | grep -v fe80 | awk "{print \$3, \$4}"; ip route; ip -6 route | grep -v fe80'; }
+mac=$(links); before=$(state)
+vz chkpnt 210 || fail "chkpnt"
+ip route show type blackhole | grep -q 10.99.1.5 || fail "the VE's address is not blackholed while dumped: $(ip route show table all | head)"
+vz restore 210 || fail "restore"
+[ "$(links)" = "$mac" ] || fail "MAC changed: $mac -> $(links)"
+after=$(state)
+[ "$before" = "$after" ] || fail "addresses or routes changed:
+$before
+--
+$after"
+ip route show 10.99.1.5 | grep -q 'dev veth210' || fail "no host route after restore: $(ip route)"
+ip route show type blackhole | grep -q 10.99.1.5 && fail "still blackholed after restore"
+vz exec 210 rm -f /tmp/listening
+serve; until_true 10 vz exec 210 test -e /tmp/listening || fail "the server does not listen after restore"
+out=$(reply 10.99.1.5) || fail "cannot reach the VE after restore"
+[ "$out" = "hello from 10.99.0.1" ] || fail "reply after restore: $out"
+wait
+vz stop 210 || fail "stop"
+ip link show veth210 2>/dev/null && fail "stop left the host end"
+ip route show 10.99.1.5 | grep -q . && fail "stop left a route: $(ip route show 10.99.1.5)"
+echo OK
+"#;
+
 fn bins() -> anyhow::Result<PathBuf> {
     let vzctl = tests::paths::cli_bin("vzctl")?;
     for b in ["vzlist", "vzinit"] {
@@ -443,6 +491,7 @@ fn run_script(name: &str, body: &str) -> Result<(), Failed> {
             "300",
             "unshare",
             "--pid",
+            "--net",
             "--fork",
             "--mount-proc",
             "--kill-child",
@@ -490,6 +539,7 @@ fn main() {
         ("failures_leave_ve_as_it_was", FAILURES),
         ("sysv_ipc_shared_by_two_processes", SYSV_IPC),
         ("tmpfs_contents_kept_whole", TMPFS_CONTENTS),
+        ("network_links_addresses_routes_kept", NETWORK),
     ];
     let trials = scripts
         .into_iter()

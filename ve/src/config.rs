@@ -30,6 +30,11 @@ pub struct VeConfig {
     pub pids: Option<u64>,
     /// CPU bandwidth limit, in CPUs.
     pub cpus: Option<f64>,
+    /// The VE's IP addresses (`ADDR` or `ADDR/PREFIX`, IPv4 or IPv6): it gets a veth pair.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ipadd: Vec<String>,
+    /// A bridge of the host for the VE's veth host end; routed through the host when absent.
+    pub bridge: Option<String>,
 }
 
 impl VeConfig {
@@ -77,6 +82,22 @@ impl VeConfig {
         if let Some(c) = self.cpus {
             if !(c > 0.0 && c <= 1024.0) {
                 return Err(format!("cpus {c} is out of range (0, 1024]"));
+            }
+        }
+        for a in &self.ipadd {
+            let addr = a.split('/').next().unwrap_or("");
+            let prefix_ok = a
+                .split_once('/')
+                .is_none_or(|(_, p)| p.parse::<u8>().is_ok_and(|p| p <= 128));
+            if addr.parse::<std::net::IpAddr>().is_err() || !prefix_ok {
+                return Err(format!(
+                    "ipadd {a:?} is not an IP address with an optional prefix"
+                ));
+            }
+        }
+        if let Some(b) = &self.bridge {
+            if b.is_empty() || b.len() > 15 || b.contains(['/', ' ', '\0']) {
+                return Err(format!("bridge {b:?} is not an interface name"));
             }
         }
         if self.memory == Some(0) || self.pids == Some(0) {
@@ -128,6 +149,12 @@ mod tests {
         let e = VeConfig::load(&p).unwrap_err().to_string();
         assert!(e.contains("bogus"), "{e}");
         std::fs::write(&p, "hostname = \"a b\"\n").unwrap();
+        assert!(VeConfig::load(&p).is_err());
+        std::fs::write(&p, "ipadd = [\"10.0.0.1/24\", \"fd00::5\"]\n").unwrap();
+        assert_eq!(VeConfig::load(&p).unwrap().ipadd.len(), 2);
+        std::fs::write(&p, "ipadd = [\"10.0.0.300\"]\n").unwrap();
+        assert!(VeConfig::load(&p).is_err());
+        std::fs::write(&p, "ipadd = [\"10.0.0.3/99x\"]\n").unwrap();
         assert!(VeConfig::load(&p).is_err());
     }
 

@@ -10,6 +10,7 @@ pub mod cgroups;
 pub mod config;
 pub mod fs;
 pub mod layout;
+pub mod net;
 pub mod ops;
 pub mod start;
 

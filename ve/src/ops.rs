@@ -14,7 +14,7 @@ use serde::Serialize;
 
 use crate::cgroups::VeCgroups;
 use crate::start::Setup;
-use crate::{fs, io_err, Layout, Result, VeConfig, VeError};
+use crate::{fs, io_err, net, Layout, Result, VeConfig, VeError};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -145,6 +145,9 @@ pub fn destroy(layout: &Layout, ctid: u32) -> Result<()> {
         "stop it before destroying it",
     )?;
     fs::umount_root(layout, ctid)?;
+    if let Ok(cfg) = load_config(layout, ctid) {
+        net::teardown(ctid, &cfg);
+    }
     for d in [layout.dump(ctid), layout.private(ctid), layout.root(ctid)] {
         if d.exists() {
             std::fs::remove_dir_all(&d).map_err(io_err(ctid, "remove", &d))?;
@@ -174,7 +177,11 @@ pub fn stop(layout: &Layout, ctid: u32, timeout: Duration) -> Result<()> {
             std::thread::sleep(Duration::from_millis(10));
         }
     }
-    cleanup_stopped(layout, ctid, &cg)
+    cleanup_stopped(layout, ctid, &cg)?;
+    if let Ok(cfg) = load_config(layout, ctid) {
+        net::teardown(ctid, &cfg);
+    }
+    Ok(())
 }
 
 fn cleanup_stopped(layout: &Layout, ctid: u32, cg: &VeCgroups) -> Result<()> {
@@ -344,6 +351,11 @@ pub fn chkpnt(
         });
     }
     let cg = cgroups(layout, ctid)?;
+    let cfg = load_config(layout, ctid)?;
+    // Peers see nothing of the checkpoint: their packets are dropped, never refused.
+    if net::configured(&cfg) {
+        net::lock(ctid, &cfg)?;
+    }
     let stats = cpt::dump(&cpt::DumpOptions {
         target: cpt::Target::Cgroup(cg.v2()?.to_path_buf()),
         dir,
@@ -354,8 +366,18 @@ pub fn chkpnt(
         },
         compress: None,
     })
-    .map_err(|source| VeError::Dump { ctid, source })?;
-    if !leave_running {
+    .map_err(|source| {
+        if net::configured(&cfg) {
+            let _ = net::unlock(ctid, &cfg);
+        }
+        VeError::Dump { ctid, source }
+    })?;
+    if leave_running {
+        if net::configured(&cfg) {
+            net::unlock(ctid, &cfg)?;
+        }
+    } else {
+        // The addresses stay blackholed while the VE is dumped, until its restore.
         cleanup_stopped(layout, ctid, &cg)?;
     }
     Ok(stats)
@@ -380,13 +402,24 @@ pub fn restore(layout: &Layout, ctid: u32, dumpfile: Option<&Path>) -> Result<rs
     let cfg = load_config(layout, ctid)?;
     let dumped_cgroup = root_cgroup(&dir).map_err(|source| VeError::Restore { ctid, source })?;
     let setup = Setup::prepare(layout, ctid, &cfg)?;
+    let net_cfg = cfg.clone();
+    let net_hook: rst::NetHook = std::sync::Arc::new(move |pid, dumped| {
+        net::setup(ctid, &net_cfg, pid, Some(dumped)).map_err(|e| e.to_string())
+    });
     let restored = rst::restore(&rst::RestoreOptions {
         dir: dir.clone(),
         detach: true,
         root: Some(layout.root(ctid)),
         cgroup_rewrite: Some((dumped_cgroup, layout.cgroup_path(ctid))),
+        net_hook: Some(net_hook),
     })
-    .map_err(|source| VeError::Restore { ctid, source })?;
+    .map_err(|source| {
+        // The VE stays dumped: its addresses stay locked (blackholed) for the next try.
+        let _ = std::process::Command::new("ip")
+            .args(["link", "del", &net::host_if(ctid)])
+            .output();
+        VeError::Restore { ctid, source }
+    })?;
     setup.keep();
     if dumpfile.is_none() {
         std::fs::remove_dir_all(&dir).map_err(io_err(ctid, "remove the image", &dir))?;

@@ -16,6 +16,7 @@ use sys::clone::{clone3_process, CloneOpts};
 
 use crate::cgroups::VeCgroups;
 use crate::fs::{self, INIT_PATH};
+use crate::net;
 use crate::ops::{status, Status};
 use crate::{Layout, Result, VeConfig, VeError};
 
@@ -116,6 +117,16 @@ pub fn start(layout: &Layout, ctid: u32) -> Result<i32> {
         ctid,
         what: format!("pipe2: {e}"),
     })?;
+    // The init says on `ready` that its namespaces are built, then waits on `go` until its
+    // network is in place.
+    let pipe = || {
+        nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| VeError::Failed {
+            ctid,
+            what: format!("pipe2: {e}"),
+        })
+    };
+    let (go_r, go_w) = pipe()?;
+    let (ready_r, ready_w) = pipe()?;
     let v1_dirs: Vec<_> = setup
         .cgroups
         .dirs
@@ -163,6 +174,14 @@ pub fn start(layout: &Layout, ctid: u32) -> Result<i32> {
             }
             Err(e) => return fail(format!("open /dev/null: {e}")),
         }
+        // Ready for the network; EOF instead of the go byte: vzctl gave up (and kills the VE).
+        let _ = sys::syscalls::write_raw(ready_w.as_raw_fd(), b"R");
+        if !matches!(
+            sys::syscalls::read_raw(go_r.as_raw_fd(), &mut [0u8; 1]),
+            Ok(1)
+        ) {
+            return fail("vzctl went away before the network was set up".into());
+        }
         // The message pipe stays open until the exec (close-on-exec); all else goes now.
         if let Err(e) = sys::syscalls::close_inherited_before_exec(Some(msg_w.as_raw_fd())) {
             return fail(format!("close inherited descriptors: {e}"));
@@ -192,12 +211,26 @@ pub fn start(layout: &Layout, ctid: u32) -> Result<i32> {
         },
     )?;
     let _ = waitpid(mid, None);
-    drop((msg_w, pid_w));
+    drop((msg_w, pid_w, go_r, ready_w));
     let mut b = [0u8; 4];
     let pid = match sys::syscalls::read_raw(pid_r.as_raw_fd(), &mut b) {
         Ok(4) => i32::from_le_bytes(b),
         _ => 0,
     };
+    // The init says it is ready (its namespaces built) with one byte; EOF means it failed.
+    let ready = pid > 0
+        && matches!(
+            sys::syscalls::read_raw(ready_r.as_raw_fd(), &mut [0u8; 1]),
+            Ok(1)
+        );
+    if ready && net::configured(&cfg) {
+        if let Err(e) = net::setup(ctid, &cfg, pid, None) {
+            net::teardown(ctid, &cfg);
+            return Err(e); // `setup` (the guard) kills the init and undoes the rest
+        }
+    }
+    let _ = sys::syscalls::write_raw(go_w.as_raw_fd(), &[1]);
+    drop(go_w);
     // The message pipe reads EOF once the init has exec'ed (close-on-exec) or died.
     let mut msg = Vec::new();
     let mut buf = [0u8; 1024];

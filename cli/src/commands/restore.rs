@@ -31,6 +31,7 @@ pub fn run(a: &RestoreArgs) -> anyhow::Result<i32> {
         detach: a.detach,
         root: a.root.clone(),
         cgroup_rewrite: None,
+        net_hook: None,
     })
     .with_context(|| format!("restore from {} failed", a.dir.display()))?;
     let stats = restored.stats.clone();

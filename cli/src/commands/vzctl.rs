@@ -119,6 +119,15 @@ pub struct SetArgs {
     /// Shell command of the VE (applies at the next start).
     #[arg(long)]
     pub command: Option<String>,
+    /// Add an IP address (ADDR or ADDR/PREFIX, repeatable): the VE gets a veth pair.
+    #[arg(long, value_name = "ADDR[/PREFIX]")]
+    pub ipadd: Vec<String>,
+    /// Remove an IP address ("all" removes every one).
+    #[arg(long, value_name = "ADDR|all")]
+    pub ipdel: Vec<String>,
+    /// Put the VE's veth host end on this bridge ("none": routed through the host).
+    #[arg(long, value_name = "BRIDGE")]
+    pub bridge: Option<String>,
     /// Write the change to the VE's config.
     #[arg(long)]
     pub save: bool,
@@ -225,6 +234,28 @@ pub fn run(cmd: &VzctlCommand) -> anyhow::Result<i32> {
             }
             if a.command.is_some() {
                 cfg.command = a.command.clone();
+            }
+            for d in &a.ipdel {
+                if d == "all" {
+                    cfg.ipadd.clear();
+                } else {
+                    cfg.ipadd
+                        .retain(|x| x.split('/').next() != d.split('/').next());
+                }
+            }
+            for addr in &a.ipadd {
+                if !cfg.ipadd.contains(addr) {
+                    cfg.ipadd.push(addr.clone());
+                }
+            }
+            match a.bridge.as_deref() {
+                Some("none") => cfg.bridge = None,
+                Some(b) => cfg.bridge = Some(b.to_string()),
+                None => {}
+            }
+            let net_change = !a.ipadd.is_empty() || !a.ipdel.is_empty() || a.bridge.is_some();
+            if net_change && !a.save {
+                anyhow::bail!("network changes (--ipadd, --ipdel, --bridge) need --save; they apply at the next start");
             }
             ve::ops::set(&layout, a.ctid, &cfg, a.save)?;
         }
