@@ -488,7 +488,7 @@ fn run_script(name: &str, body: &str) -> Result<(), Failed> {
     let cgroup = format!("vzt-{tag}");
     let out = Command::new("timeout")
         .args([
-            "300",
+            "180",
             "unshare",
             "--pid",
             "--net",
