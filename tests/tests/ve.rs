@@ -79,7 +79,16 @@ status_is 101 running || fail "status after resume: $(vz status 101)"
 vz destroy 101 2>&1 | grep -q "stop it" || fail "destroy of a running VE was not refused"
 vz restart 101 || fail "restart"
 status_is 101 running || fail "status after restart"
+# The init reaps orphans: a background child of an exec'd shell ends up its child, and no zombie stays.
+vz exec 101 sh -c 'sleep 0.2 & exit 0' || fail "exec with an orphan"
+sleep 0.6
+vz exec 101 ps -eo stat=,comm= | grep -q '^Z' && fail "a zombie stays: $(vz exec 101 ps -eo pid,ppid,stat,comm)"
+# Stop passes SIGTERM on: a process that traps it leaves a note in the private area.
+vz exec 101 sh -c "trap 'echo bye > /root/bye; exit 0' TERM; touch /tmp/trapped; while :; do sleep 0.05; done" &
+until_true 10 vz exec 101 test -e /tmp/trapped || fail "the trapping shell does not start"
 vz stop 101 || fail "stop"
+wait
+[ "$(cat "$VZ_DIR/private/101/upper/root/bye" 2>/dev/null)" = bye ] || fail "stop did not send SIGTERM to the VE's processes"
 status_is 101 stopped || fail "status after stop: $(vz status 101)"
 [ -d "/sys/fs/cgroup/unified/$VZ_CGROUP/101" ] && fail "stop left the VE's cgroup"
 grep -q " $VZ_DIR/root/101 " /proc/self/mountinfo && fail "stop left the root mounted"

@@ -15,15 +15,33 @@ use nix::unistd::Pid;
 
 const STOP_SIGNALS: u64 = (1 << (libc::SIGTERM - 1)) | (1 << (libc::SIGINT - 1));
 
+/// Other processes of the VE: every PID in its /proc but this init's.
+fn others_alive() -> bool {
+    std::fs::read_dir("/proc")
+        .map(|d| {
+            d.flatten().any(|e| {
+                e.file_name()
+                    .to_str()
+                    .and_then(|n| n.parse::<u32>().ok())
+                    .is_some_and(|pid| pid != 1)
+            })
+        })
+        .unwrap_or(false)
+}
+
 fn shutdown() -> ! {
     let _ = kill(Pid::from_raw(-1), Signal::SIGTERM);
+    // Every process of the VE gets its chance to end, children of the init or not (a command
+    // entered with vzctl exec is not); what is left when the init exits is killed by the kernel.
     let deadline = Instant::now() + Duration::from_secs(5);
     while Instant::now() < deadline {
-        match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
-            Err(Errno::ECHILD) => break,
-            Ok(WaitStatus::StillAlive) => std::thread::sleep(Duration::from_millis(10)),
-            _ => {}
+        while let Ok(WaitStatus::Exited(..) | WaitStatus::Signaled(..)) =
+            waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG))
+        {}
+        if !others_alive() {
+            break;
         }
+        std::thread::sleep(Duration::from_millis(10));
     }
     std::process::exit(0);
 }
@@ -55,9 +73,12 @@ fn main() {
             Ok(WaitStatus::Signaled(pid, sig, _)) if Some(pid) == main_child => {
                 std::process::exit(128 + sig as i32)
             }
-            // No child at all: sleep until a signal; SIGCHLD of an orphan that arrived and
-            // exited meanwhile wakes it too, and the short period bounds any race with it.
-            Err(Errno::ECHILD) => std::thread::sleep(Duration::from_secs(1)),
+            // No child at all: sleep until a signal (sleep(3) returns early on one, unlike
+            // std's sleep); an orphan's SIGCHLD wakes it, and the short period bounds a race
+            // with one that arrives and exits between waitpid and the sleep.
+            Err(Errno::ECHILD) => {
+                nix::unistd::sleep(1);
+            }
             _ => {}
         }
     }
