@@ -14,7 +14,10 @@
 //!   so they are made in that process once its descriptors are installed
 //!   ([`register_epoll_targets`], remote `epoll_ctl`). Readiness is found again by the
 //!   kernel when each target is added; an edge-triggered event that was already reported and
-//!   is still true is reported once more.
+//!   is still true is reported once more. A `EPOLLONESHOT` registration that already fired
+//!   (disabled: its events read back as `EPOLLONESHOT` alone) comes back waiting for
+//!   `EPOLLERR | EPOLLHUP`, which `epoll_ctl` adds to every registration; only an
+//!   `epoll_wait` delivering it could disable it again.
 //! - inotify: created, then each watch added again by path in increasing watch-descriptor
 //!   order. The kernel hands out watch descriptors one after another, never reusing one until
 //!   it wraps, so a gap before a dumped number is skipped by adding and removing a watch on a

@@ -66,8 +66,10 @@ pub fn restore_posix_timers(
             ),
         ));
     }
+    // /proc/PID/timers lists the newest first: created oldest first, they list as dumped.
+    let in_order: Vec<_> = timers.timers.iter().rev().cloned().collect();
     let result = (|| {
-        for chunk in timers.timers.chunks(PER_BATCH) {
+        for chunk in in_order.chunks(PER_BATCH) {
             let mut a = Arena::new();
             let mut calls = Vec::new();
             let mut slots = Vec::new();
