@@ -194,7 +194,10 @@ impl FilesDumper {
             return Err(unsupported("sockets are not supported yet (issue 4)"));
         }
         if target.starts_with("anon_inode:") {
-            return Err(unsupported("this kind of descriptor is not supported yet (issue 4: eventfd, epoll, timerfd, signalfd, inotify)"));
+            if let Some(kind) = crate::events::kind_of(pid, fd, target)? {
+                return Ok(kind);
+            }
+            return Err(unsupported("this kind of anonymous-inode descriptor is not supported (eventfd, signalfd, timerfd, epoll and inotify are)"));
         }
         Err(unsupported("unknown kind of file"))
     }

@@ -6,6 +6,7 @@
 //! image (see [`images_format::ImageWriter`]).
 #![forbid(unsafe_code)]
 
+pub mod events;
 pub mod files;
 pub mod freeze;
 pub mod ipc;
@@ -16,6 +17,7 @@ pub mod pipes;
 pub mod proc;
 pub mod seize;
 pub mod task;
+pub mod timers;
 pub mod tmpfs;
 
 use std::path::PathBuf;
@@ -145,6 +147,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats, DumpError> {
         shmem: Vec::new(),
     };
     let mut files = files::FilesDumper::default();
+    let mut posix_timers = images_format::events::TimersImage::default();
     let mut store = writer.page_store(opts.compress)?;
     let (sink, writer_end) = pagesink::channel(opts.compress.is_none())?;
     // The tracer (this thread) reads pages; a second thread stores them (see `pagesink`).
@@ -206,6 +209,16 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats, DumpError> {
                 pcore.pid = entry.pid;
                 for (t, vt) in pcore.threads.iter_mut().zip(&entry.threads) {
                     t.tid = *vt;
+                }
+                if !facts.posix_timers.is_empty() {
+                    let host_tids: Vec<i32> = p.threads.iter().map(|t| t.tid.as_raw()).collect();
+                    posix_timers.processes.push(timers::for_image(
+                        pid,
+                        entry.pid,
+                        facts.posix_timers,
+                        &host_tids,
+                        &entry.threads,
+                    )?);
                 }
                 let mut pmm = mem.dump_process(pid, entry.pid, facts.brk)?;
                 pmm.pid = entry.pid;
@@ -274,6 +287,9 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats, DumpError> {
     }
     if !tmpfs_image.mounts.is_empty() {
         writer.write(&tmpfs_image)?;
+    }
+    if !posix_timers.processes.is_empty() {
+        writer.write(&posix_timers)?;
     }
     writer.commit()?;
 

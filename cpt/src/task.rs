@@ -105,6 +105,8 @@ fn io(
 /// What the remote session of one process found.
 pub struct RemoteFacts {
     pub brk: u64,
+    /// POSIX timers, a `SIGEV_THREAD_ID` target named by its TID in the dumper's view.
+    pub posix_timers: Vec<images_format::events::PosixTimer>,
 }
 
 /// Dumps the core state of a live process: remote part first (one injected session on the main
@@ -210,6 +212,7 @@ pub fn dump_process(p: &SeizedProcess) -> Result<(ProcessCore, RemoteFacts), Dum
         let securebits = results[securebits_at] as u32;
         let child_subreaper = word(subreaper_off, 0) as u32 != 0;
         let pdeath_signal = word(pdeath_off, 0) as u32;
+        let posix_timers = crate::timers::dump_posix_timers(&mut remote, pid)?;
 
         let mut threads = Vec::new();
         for (i, t) in p.threads.iter().enumerate() {
@@ -232,6 +235,7 @@ pub fn dump_process(p: &SeizedProcess) -> Result<(ProcessCore, RemoteFacts), Dum
             child_subreaper,
             pdeath_signal,
             threads,
+            posix_timers,
         ))
     })();
     let finished = remote.finish();
@@ -244,6 +248,7 @@ pub fn dump_process(p: &SeizedProcess) -> Result<(ProcessCore, RemoteFacts), Dum
         child_subreaper,
         pdeath_signal,
         thread_facts,
+        posix_timers,
     ) = result?;
     finished?;
 
@@ -365,7 +370,7 @@ pub fn dump_process(p: &SeizedProcess) -> Result<(ProcessCore, RemoteFacts), Dum
         ),
         threads,
     };
-    Ok((core, RemoteFacts { brk }))
+    Ok((core, RemoteFacts { brk, posix_timers }))
 }
 
 /// sigaltstack and clear_child_tid, readable only from inside the thread. One batch.

@@ -61,6 +61,16 @@ pub enum FileKind {
     PosixMqueue {
         name: String,
     },
+    /// An eventfd (see [`crate::events`]).
+    EventFd(crate::events::EventFd),
+    /// A signalfd.
+    SignalFd(crate::events::SignalFd),
+    /// A timerfd.
+    TimerFd(crate::events::TimerFd),
+    /// An epoll instance with its registrations.
+    Epoll(crate::events::Epoll),
+    /// An inotify instance with its watches.
+    Inotify(crate::events::Inotify),
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]

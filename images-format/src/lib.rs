@@ -14,7 +14,8 @@
 //!   pipes       pipes                           |
 //!   ns          namespaces: UTS, mounts, net   |
 //!   ipc         IPC namespace contents          |  (VEs in their own IPC namespace only)
-//!   tmpfs       tmpfs mounts' files            /  (trees with their own mount namespace)
+//!   tmpfs       tmpfs mounts' files            |  (trees with their own mount namespace)
+//!   timers      POSIX timers                   /  (when some process has one)
 //!   pages       page store: header padded to 4096, then 4096-aligned chunks of page data,
 //!               each with its own crc32 and optionally zstd (module pagestore)
 //! ```
@@ -33,6 +34,7 @@ pub mod pagebuf;
 pub mod pagestore;
 
 pub mod core;
+pub mod events;
 pub mod files;
 pub mod ipc;
 pub mod mm;

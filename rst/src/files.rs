@@ -139,6 +139,12 @@ impl<'a> Opener<'a> {
                 sys::ipc::mq_open(name, acc | status, 0, None)
                     .map_err(|e| err(d.id, &format!("POSIX message queue {name}"), e))?
             }
+            k @ (FileKind::EventFd(_)
+            | FileKind::SignalFd(_)
+            | FileKind::TimerFd(_)
+            | FileKind::Epoll(_)
+            | FileKind::Inotify(_)) => crate::events::open(d.id, k)?
+                .ok_or_else(|| err(d.id, "open", "not an event descriptor"))?,
             FileKind::Directory { path } => open_path(path, acc | status | libc::O_DIRECTORY)
                 .map_err(|e| err(d.id, &format!("open directory {path}"), e))?,
             FileKind::CharDevice { path, rdev } => {

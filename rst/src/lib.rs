@@ -9,11 +9,13 @@
 
 pub mod arena;
 pub mod cgroup;
+pub mod events;
 pub mod files;
 pub mod ipc;
 pub mod memory;
 pub mod ns;
 pub mod task;
+pub mod timers;
 pub mod tmpfs;
 pub mod tree;
 pub mod validate;
@@ -105,6 +107,8 @@ pub struct Images {
     pub ipc: Option<IpcImage>,
     /// Contents of the tree's tmpfs mounts (empty without them).
     pub tmpfs: TmpfsImage,
+    /// POSIX timers (empty when no process had one).
+    pub timers: images_format::events::TimersImage,
 }
 
 impl Images {
@@ -127,6 +131,11 @@ impl Images {
                 dir.read()?
             } else {
                 TmpfsImage::default()
+            },
+            timers: if dir.has(ImageKind::Timers) {
+                dir.read()?
+            } else {
+                Default::default()
             },
             dir,
         })
@@ -455,9 +464,13 @@ fn restore_one(
         shmem,
     )?;
     files::install(&mut rt, table, prepared, fd_base)?;
+    events::register_epoll_targets(&mut rt, &img.files, table)?;
     task::restore_process_state(&mut rt, core, p.pid)?;
     let mut tids = vec![p.host];
     tids.extend(task::create_threads(&mut rt, &core.threads)?);
+    if let Some(t) = img.timers.processes.iter().find(|t| t.pid == p.pid) {
+        timers::restore_posix_timers(&mut rt, t, p.pid)?;
+    }
     for (i, (t, tid)) in core.threads.iter().zip(&tids).enumerate() {
         if i == 0 {
             task::restore_thread_state(&mut rt, t)?;

@@ -7,6 +7,7 @@
 #![deny(unsafe_code)]
 
 pub mod clone;
+pub mod events;
 pub mod features;
 pub mod ipc;
 pub mod ns;

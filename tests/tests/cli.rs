@@ -43,6 +43,33 @@ kill $P; wait $P
 echo OK
 "#;
 
+/// An epoll registration whose target descriptor was closed after `epoll_ctl` (the file kept
+/// open at another number) cannot be made again: the dump fails naming the descriptor, the
+/// epoll and the task, and leaves the process running.
+const DUMP_EPOLL_CLOSED_TARGET: &str = r#"
+python3 -c '
+import os, select, time
+ep = select.epoll()
+r, w = os.pipe()
+ep.register(r, select.EPOLLIN)
+keep = os.dup(r)
+os.close(r)
+print(r, ep.fileno(), flush=True)
+time.sleep(1000)' > "$WORK/fds" &
+P=$!
+sleep 0.5
+read -r T E < "$WORK/fds"
+out=$("$VZCPT" dump -t $P -D "$WORK/img" 2>&1) && fail "dump of an epoll with a closed target succeeded"
+echo "$out" | grep -q "descriptor $T registered in this epoll" || fail "the error does not name descriptor $T: $out"
+echo "$out" | grep -q "fd $E (anon_inode:\[eventpoll\])" || fail "the error does not name epoll fd $E: $out"
+echo "$out" | grep -q "task $P" || fail "the error does not name task $P: $out"
+[ -e "$WORK/img" ] && fail "a partial image was left in $WORK/img"
+kill -0 $P || fail "the process died"
+[ "$(field $P TracerPid)" = 0 ] || fail "the process is still traced"
+kill $P; wait $P
+echo OK
+"#;
+
 /// The same through the cgroup freezer: the cgroup is thawed again after the failed dump.
 const DUMP_UNSUPPORTED_CGROUP: &str = r#"
 CG="$CGROOT/vzcpt-fail-$$-$RANDOM"
@@ -254,6 +281,11 @@ fn main() {
             DUMP_UNSUPPORTED_CGROUP,
             (!cg2.join("cgroup.freeze").exists() && !cg2.join("cgroup.procs").exists())
                 .then(|| "no cgroup v2 hierarchy at /sys/fs/cgroup/unified".to_string()),
+        ),
+        (
+            "dump_epoll_with_closed_target_fails_naming_it",
+            DUMP_EPOLL_CLOSED_TARGET,
+            None,
         ),
         (
             "restore_with_taken_pid_starts_nothing",

@@ -38,6 +38,9 @@ struct Everything {
     /// Only in images of a tree with tmpfs mounts of its own.
     #[serde(skip_serializing_if = "Option::is_none")]
     tmpfs: Option<TmpfsImage>,
+    /// Only when some process has POSIX timers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    timers: Option<images_format::events::TimersImage>,
 }
 
 pub fn run(a: &ShowArgs) -> anyhow::Result<i32> {
@@ -58,6 +61,11 @@ pub fn run(a: &ShowArgs) -> anyhow::Result<i32> {
             None
         },
         tmpfs: if dir.has(ImageKind::Tmpfs) {
+            Some(dir.read()?)
+        } else {
+            None
+        },
+        timers: if dir.has(ImageKind::Timers) {
             Some(dir.read()?)
         } else {
             None
@@ -138,6 +146,25 @@ pub fn run(a: &ShowArgs) -> anyhow::Result<i32> {
     }
     for t in &all.files.tables {
         println!("  process {}: {:?}", t.pid, t.fds);
+    }
+    if let Some(timers) = &all.timers {
+        println!("\n== POSIX timers");
+        for p in &timers.processes {
+            for t in &p.timers {
+                println!(
+                    "  process {} timer {} clock {} signal {} value {:#x} {:?} next in {} ns every {} ns overrun {}",
+                    p.pid,
+                    t.id,
+                    t.clockid,
+                    t.signo,
+                    t.sigev_value,
+                    t.notify,
+                    t.value_ns,
+                    t.interval_ns,
+                    t.overrun
+                );
+            }
+        }
     }
     println!("\n== pipes");
     for p in &all.pipes.pipes {
