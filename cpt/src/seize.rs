@@ -98,7 +98,9 @@ impl Frozen {
         Ok(frozen)
     }
 
-    /// Seizes and interrupts (no wait: frozen tasks report their stop after the thaw).
+    /// Seizes and interrupts (no wait: frozen tasks report their stop after the thaw). A vfork
+    /// child is left alone (see [`in_vfork`]): after the thaw it runs until it execs or exits,
+    /// which lets its parent reach its stop, and it is found again as that parent's child.
     fn seize_frozen_cgroup(&mut self, freezer: &Freezer) -> Result<Vec<(usize, Pid)>, DumpError> {
         let pids = freezer.processes()?;
         if pids.is_empty() {
@@ -110,6 +112,9 @@ impl Frozen {
         let mut to_wait = Vec::new();
         for pid in pids {
             let Ok(stat) = read_stat(pid) else { continue };
+            if in_vfork(pid) {
+                continue;
+            }
             let i = self.processes.len();
             self.processes.push(SeizedProcess {
                 pid: Pid::from_raw(pid),
@@ -170,11 +175,38 @@ impl Frozen {
                             source: Errno::ESRCH,
                             ..
                         }) => continue, // the thread exited meanwhile
+                        // An exiting task refuses a seize: it is gone, or its parent's zombie.
+                        Err(SysError::Ptrace {
+                            source: Errno::EPERM,
+                            ..
+                        }) if exiting(tid.as_raw()) => {
+                            if tid == pid {
+                                changed = true;
+                                self.processes[i].zombie =
+                                    Some(read_stat(pid.as_raw()).map_or(0, |st| st.exit_code));
+                                break;
+                            }
+                            continue;
+                        }
                         Err(e) => return Err(e.into()),
                     }
                     changed = true;
-                    let t = stop_thread(tid)?;
-                    self.processes[i].threads.push(t);
+                    match stop_thread(tid) {
+                        Ok(t) => self.processes[i].threads.push(t),
+                        // It exited between its seize and its stop (a vfork child that was
+                        // let run, say): a thread is gone; a process is now its parent's zombie.
+                        Err(DumpError::Sys(SysError::UnexpectedStop { status, .. }))
+                            if status.starts_with("Exited") || status.starts_with("Signaled") =>
+                        {
+                            if tid == pid {
+                                let st = read_stat(pid.as_raw())?;
+                                self.processes[i].zombie = Some(st.exit_code);
+                                self.processes[i].threads.clear();
+                                break;
+                            }
+                        }
+                        Err(e) => return Err(e),
+                    }
                 }
             }
             // Children are found through every thread's children list.
@@ -376,6 +408,27 @@ impl Drop for Frozen {
 
 /// Waits for the interrupt stop of a seized thread and blocks all its signals, so that signals
 /// arriving during the dump stay pending instead of running handlers mid-dump.
+/// `pid` is a vfork child: it shares its parent's address space until it execs or exits. Its
+/// parent counts as frozen for the cgroup freezer from the moment it starts waiting for it
+/// (even before it sleeps), but would never reach its ptrace interrupt stop while the child,
+/// seized with it, sat stopped: the seize would wait for ever.
+fn in_vfork(pid: i32) -> bool {
+    let Ok(st) = read_stat(pid) else { return false };
+    st.ppid > 0
+        && sys::syscalls::kcmp_same_vm(Pid::from_raw(pid), Pid::from_raw(st.ppid)).unwrap_or(false)
+}
+
+/// Whether task `tid` has exited or is exiting (gone, a zombie, or dead).
+fn exiting(tid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{tid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .map(|(_, r)| r.trim_start().chars().next())
+        })
+        .is_none_or(|state| matches!(state, Some('Z') | Some('X') | None))
+}
+
 fn stop_thread(tid: Pid) -> Result<SeizedThread, DumpError> {
     ptrace::wait_for_interrupt_stop(tid)?;
     let orig_sigmask = ptrace::get_sigmask(tid)?;

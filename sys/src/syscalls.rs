@@ -40,6 +40,15 @@ pub fn pidfd_getfd(pidfd: impl AsFd, target_fd: i32) -> Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
+/// `kcmp(2)` with `KCMP_VM`: whether two tasks share one address space (a vfork child and
+/// its parent until the child execs or exits).
+pub fn kcmp_same_vm(pid1: Pid, pid2: Pid) -> Result<bool> {
+    const KCMP_VM: i32 = 1;
+    // SAFETY: integer-only syscall.
+    let r = unsafe { libc::syscall(libc::SYS_kcmp, pid1.as_raw(), pid2.as_raw(), KCMP_VM, 0, 0) };
+    Ok(Errno::result(r).map_err(sys_err("kcmp"))? == 0)
+}
+
 /// `kcmp(2)` with `KCMP_FILE`: whether fd1 of pid1 and fd2 of pid2 are the same open file description.
 ///
 /// # References

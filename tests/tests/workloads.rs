@@ -12,7 +12,7 @@ use libtest_mimic::{Arguments, Failed, Trial};
 
 const MODES: &[&str] = &["kill", "leave-running", "compress"];
 /// Workloads also dumped through the cgroup freezer (v2 and v1).
-const CGROUP_WORKLOADS: &[&str] = &["forktree", "threads8", "bash_loop"];
+const CGROUP_WORKLOADS: &[&str] = &["forktree", "threads8", "bash_loop", "vfork"];
 /// Workloads also dumped with `--leave-stopped` (stopped, then continued by the harness).
 const STOPPED_WORKLOADS: &[&str] = &["counter", "forktree", "threads8"];
 const SCENARIO_TIMEOUT: Duration = Duration::from_secs(240);
