@@ -61,6 +61,8 @@ pub enum FileKind {
     PosixMqueue {
         name: String,
     },
+    /// A unix socket with its state and queued data.
+    UnixSocket(Box<crate::unix::UnixSocket>),
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]

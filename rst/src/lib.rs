@@ -16,6 +16,7 @@ pub mod ns;
 pub mod task;
 pub mod tmpfs;
 pub mod tree;
+pub mod unix;
 pub mod validate;
 
 use std::collections::HashMap;

@@ -133,6 +133,19 @@ pub fn run(a: &ShowArgs) -> anyhow::Result<i32> {
                     .map(|c| format!(" (unlinked, {} bytes saved)", c.len()))
                     .unwrap_or_default()
             ),
+            images_format::files::FileKind::UnixSocket(u) => println!(
+                "  desc {} flags {:#o} unix {:?} socket {} {:?} {:?} shutdown {} {:?} queue {} message(s), {} bytes",
+                d.id,
+                d.flags,
+                u.sock_type,
+                u.ino,
+                u.binding,
+                u.state,
+                u.shutdown,
+                u.options,
+                u.queue.len(),
+                u.queue.iter().map(|m| m.data.len()).sum::<usize>()
+            ),
             k => println!("  desc {} flags {:#o} pos {} {k:?}", d.id, d.flags, d.pos),
         }
     }
