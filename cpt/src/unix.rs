@@ -153,7 +153,19 @@ impl UnixDumper {
             t => return Err(sock_err(pid, fd, ino, format!("unknown socket type {t}"))),
         };
         let name = name_of(&d);
-        let binding = match &name {
+        // A connected socket showing a name that a listener of its type owns is a connection
+        // that listener accepted (it shows, but does not own, the name, and for a path even
+        // the listener's file).
+        let accepted = d.state != STATE_LISTEN
+            && d.sock_type as i32 != libc::SOCK_DGRAM
+            && d.name.is_some()
+            && table.values().any(|o| {
+                o.ino != d.ino
+                    && o.state == STATE_LISTEN
+                    && o.sock_type == d.sock_type
+                    && o.name == d.name
+            });
+        let binding = match name.clone() {
             None => Binding::Unnamed,
             Some(UnixName::Path(p)) if !p.starts_with(b"/") => {
                 return Err(sock_err(
@@ -162,52 +174,33 @@ impl UnixDumper {
                     ino,
                     format!(
                         "its name {} is a path relative to the directory it was bound from, which is not known",
-                        String::from_utf8_lossy(p)
+                        String::from_utf8_lossy(&p)
                     ),
                 ));
             }
-            Some(UnixName::Path(p)) => match d.vfs {
-                // Only the socket that bound a path has its file (an accepted one shows
-                // its listener's name).
-                Some((vfs_ino, _)) => {
-                    let path = format!("/proc/{pid}/root{}", String::from_utf8_lossy(p));
-                    let file = std::fs::symlink_metadata(&path)
+            Some(n) if accepted => Binding::Accepted { name: n },
+            Some(UnixName::Path(p)) => {
+                // The socket file, if the path still leads to the inode the socket bound.
+                let path = format!("/proc/{pid}/root{}", String::from_utf8_lossy(&p));
+                let file = d.vfs.and_then(|(vfs_ino, _)| {
+                    std::fs::symlink_metadata(&path)
                         .ok()
                         .filter(|m| m.ino() == vfs_ino as u64 && m.file_type_is_socket())
                         .map(|m| SocketFile {
                             mode: m.mode() & 0o7777,
                             uid: m.uid(),
                             gid: m.gid(),
-                        });
-                    Binding::Bound {
-                        name: name.clone().unwrap_or(UnixName::Path(Vec::new())),
-                        file,
-                    }
-                }
-                None => Binding::Accepted {
-                    name: UnixName::Path(p.clone()),
-                },
-            },
-            Some(n @ UnixName::Abstract(_)) => {
-                // An abstract name shown by a connected socket while a listener of the same
-                // type owns it: an accepted connection.
-                let accepted = d.state != STATE_LISTEN
-                    && d.sock_type as i32 != libc::SOCK_DGRAM
-                    && table.values().any(|o| {
-                        o.ino != d.ino
-                            && o.state == STATE_LISTEN
-                            && o.sock_type == d.sock_type
-                            && o.name == d.name
-                    });
-                if accepted {
-                    Binding::Accepted { name: n.clone() }
-                } else {
-                    Binding::Bound {
-                        name: n.clone(),
-                        file: None,
-                    }
+                        })
+                });
+                Binding::Bound {
+                    name: UnixName::Path(p),
+                    file,
                 }
             }
+            Some(n) => Binding::Bound {
+                name: n,
+                file: None,
+            },
         };
         let waiting_on = table
             .values()

@@ -30,12 +30,15 @@ pub enum UnixName {
 }
 
 impl UnixName {
-    /// From the kernel's form: a leading NUL marks an abstract name.
+    /// From the kernel's form: a leading NUL marks an abstract name (exactly its length); a
+    /// path ends at its first NUL.
     pub fn from_raw(raw: &[u8]) -> Option<UnixName> {
         match raw.split_first() {
             None => None,
             Some((0, rest)) => Some(UnixName::Abstract(rest.to_vec())),
-            Some(_) => Some(UnixName::Path(raw.to_vec())),
+            Some(_) => Some(UnixName::Path(
+                raw.split(|&b| b == 0).next().unwrap_or_default().to_vec(),
+            )),
         }
     }
 }

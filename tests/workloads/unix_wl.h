@@ -89,7 +89,13 @@ static inline socklen_t ux_addr(struct sockaddr_un *a, const char *name, int abs
     memset(a, 0, sizeof(*a));
     a->sun_family = AF_UNIX;
     if (!abstract) {
-        snprintf(a->sun_path, sizeof(a->sun_path), "%s/%s", wl_ctl, name);
+        if (strlen(wl_ctl) + strlen(name) + 2 > sizeof(a->sun_path)) {
+            fprintf(stderr, "setup: %s/%s is too long for a socket path\n", wl_ctl, name);
+            exit(2);
+        }
+        memcpy(a->sun_path, wl_ctl, strlen(wl_ctl));
+        a->sun_path[strlen(wl_ctl)] = '/';
+        memcpy(a->sun_path + strlen(wl_ctl) + 1, name, strlen(name) + 1);
         return (socklen_t)(offsetof(struct sockaddr_un, sun_path) + strlen(a->sun_path) + 1);
     }
     /* The tail of the control directory keeps the name short and unique per scenario. */
