@@ -277,8 +277,8 @@ impl UnixDumper {
                     s.fd,
                     *ino,
                     format!(
-                        "{} ({}) {what} socket {other} ({}, {}) outside the dumped tree; connections to outside peers are not supported",
-                        describe(&s.name).replace("named", "it is named"),
+                        "it ({}, {}) {what} socket {other} ({}, {}) outside the dumped tree; connections to outside peers are not supported",
+                        describe(&s.name),
                         match &s.state {
                             UnixState::Listening { .. } => "listening",
                             _ => "connected",
