@@ -138,3 +138,60 @@ pub struct UnixSocket {
     /// Data waiting to be read by this socket, oldest first.
     pub queue: Vec<UnixMessage>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_from_the_kernel_form() {
+        assert_eq!(UnixName::from_raw(b""), None);
+        assert_eq!(
+            UnixName::from_raw(b"/run/x.sock\0"),
+            Some(UnixName::Path(b"/run/x.sock".to_vec()))
+        );
+        assert_eq!(
+            UnixName::from_raw(b"\0ab\0c"),
+            Some(UnixName::Abstract(b"ab\0c".to_vec()))
+        );
+        assert_eq!(UnixName::Abstract(b"ab".to_vec()).to_string(), "@ab");
+    }
+
+    #[test]
+    fn round_trip_in_a_files_image() {
+        let s = UnixSocket {
+            ino: 7,
+            sock_type: UnixType::SeqPacket,
+            binding: Binding::Accepted {
+                name: UnixName::Path(b"/l".to_vec()),
+            },
+            state: UnixState::Listening {
+                backlog: 5,
+                pending: vec![1, 2],
+            },
+            shutdown: 3,
+            options: UnixOptions {
+                peek_off: -1,
+                ..Default::default()
+            },
+            queue: vec![UnixMessage {
+                data: vec![1, 2, 3],
+                from: Some(UnixName::Abstract(vec![9])),
+            }],
+        };
+        let img = crate::files::FilesImage {
+            descs: vec![crate::files::FileDesc {
+                id: 0,
+                flags: 2,
+                pos: 0,
+                kind: crate::files::FileKind::UnixSocket(Box::new(s)),
+            }],
+            tables: Vec::new(),
+        };
+        let b = crate::encode(&img).unwrap();
+        assert_eq!(
+            crate::decode::<crate::files::FilesImage>(&b, std::path::Path::new("f")).unwrap(),
+            img
+        );
+    }
+}
