@@ -3,7 +3,7 @@
 //!
 //! Supported kinds: regular files (also unlinked while open: contents saved), directories,
 //! memory-class character devices (null, zero, full, random, urandom), pipes and FIFOs (data in
-//! the pipes image). Anything else fails the dump, naming the descriptor and the task.
+//! the pipes image), unix sockets (`unix.rs`). Anything else fails the dump, naming the descriptor and the task.
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -30,6 +30,7 @@ pub struct FilesDumper {
     /// (dev, ino) -> descriptions seen with that inode, with one (pid, fd) holding each.
     by_inode: HashMap<(u64, u64), Vec<Holder>>,
     pub pipes: PipeDumper,
+    pub unix: crate::unix::UnixDumper,
 }
 
 fn io(
@@ -191,6 +192,9 @@ impl FilesDumper {
             });
         }
         if ft.is_socket() {
+            if let Some(kind) = self.unix.dump_socket(pid, fd, meta.ino())? {
+                return Ok(kind);
+            }
             return Err(unsupported("sockets are not supported yet (issue 4)"));
         }
         if target.starts_with("anon_inode:") {

@@ -19,6 +19,7 @@ pub mod seize;
 pub mod task;
 pub mod timers;
 pub mod tmpfs;
+pub mod unix;
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -230,6 +231,8 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats, DumpError> {
                 mm.processes.push(pmm);
                 pstree.processes.push(entry);
             }
+            // Unix socket peers must all be in the tree: known once every process is dumped.
+            files.unix.finish()?;
             Ok::<_, DumpError>((mem.stats, std::mem::take(&mut mem.shmem), ipc, tmpfs_image))
         })();
         drop(sink);

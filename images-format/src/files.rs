@@ -71,6 +71,8 @@ pub enum FileKind {
     Epoll(crate::events::Epoll),
     /// An inotify instance with its watches.
     Inotify(crate::events::Inotify),
+    /// A unix socket with its state and queued data.
+    UnixSocket(Box<crate::unix::UnixSocket>),
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]

@@ -42,6 +42,7 @@ pub mod ns;
 pub mod pipes;
 pub mod pstree;
 pub mod tmpfs;
+pub mod unix;
 
 use std::path::Path;
 

@@ -48,6 +48,7 @@ fn by_path(kind: &FileKind) -> bool {
 /// Opens descriptions one by one, sharing pipes between their two ends.
 struct Opener<'a> {
     pipes: &'a PipesImage,
+    unix: crate::unix::UnixSockets<'a>,
     /// (read end, write end) per pipe id, each created once and refilled with its data.
     pipe_ends: HashMap<u64, (Option<OwnedFd>, Option<OwnedFd>)>,
     filled_fifos: std::collections::HashSet<u64>,
@@ -55,9 +56,10 @@ struct Opener<'a> {
 }
 
 impl<'a> Opener<'a> {
-    fn new(pipes: &'a PipesImage) -> Self {
+    fn new(files: &'a FilesImage, pipes: &'a PipesImage) -> Self {
         Opener {
             pipes,
+            unix: crate::unix::UnixSockets::new(files),
             pipe_ends: HashMap::new(),
             filled_fifos: Default::default(),
             keep: Vec::new(),
@@ -181,6 +183,7 @@ impl<'a> Opener<'a> {
                     }
                 }
             }
+            FileKind::UnixSocket(s) => self.unix.take(s)?,
             FileKind::Fifo { path, pipe_id } => {
                 // A read-write keeper first, so that opening either end never blocks, and to
                 // refill the FIFO's buffer.
@@ -233,7 +236,7 @@ pub fn prepare(
     let mut next = fd_base;
     let mut descs: HashMap<u32, OwnedFd> = HashMap::new();
     let mut deferred = Vec::new();
-    let mut opener = Opener::new(pipes);
+    let mut opener = Opener::new(files, pipes);
     for d in &files.descs {
         let fd = if defer_paths && by_path(&d.kind) {
             deferred.push(d.id);
@@ -261,7 +264,7 @@ pub fn open_deferred(
     pipes: &PipesImage,
     prepared: &Prepared,
 ) -> Result<Vec<OwnedFd>, RestoreError> {
-    let mut opener = Opener::new(pipes);
+    let mut opener = Opener::new(files, pipes);
     let fd_of = |id: u32| prepared.descs.get(&id).map(|f| f.as_raw_fd());
     for id in &prepared.deferred {
         let d = files

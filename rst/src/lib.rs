@@ -18,6 +18,7 @@ pub mod task;
 pub mod timers;
 pub mod tmpfs;
 pub mod tree;
+pub mod unix;
 pub mod validate;
 
 use std::collections::HashMap;

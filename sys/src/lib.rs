@@ -15,6 +15,7 @@ pub mod ptrace;
 pub mod remote;
 pub mod signals;
 pub mod syscalls;
+pub mod unix_sock;
 pub mod xattr;
 
 pub use nix::unistd::Pid;

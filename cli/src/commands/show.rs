@@ -141,6 +141,33 @@ pub fn run(a: &ShowArgs) -> anyhow::Result<i32> {
                     .map(|c| format!(" (unlinked, {} bytes saved)", c.len()))
                     .unwrap_or_default()
             ),
+            images_format::files::FileKind::UnixSocket(u) => {
+                use images_format::unix::Binding;
+                let binding = match &u.binding {
+                    Binding::Unnamed => "unnamed".to_string(),
+                    Binding::Bound { name, file } => format!(
+                        "bound to {name}{}",
+                        file.map(|f| format!(
+                            " (file mode {:#o} uid {} gid {})",
+                            f.mode, f.uid, f.gid
+                        ))
+                        .unwrap_or_default()
+                    ),
+                    Binding::Accepted { name } => format!("accepted from {name}"),
+                };
+                println!(
+                    "  desc {} flags {:#o} unix {:?} socket {} {binding} {:?} shutdown {} {:?} queue {} message(s), {} bytes",
+                    d.id,
+                    d.flags,
+                    u.sock_type,
+                    u.ino,
+                    u.state,
+                    u.shutdown,
+                    u.options,
+                    u.queue.len(),
+                    u.queue.iter().map(|m| m.data.len()).sum::<usize>()
+                )
+            }
             k => println!("  desc {} flags {:#o} pos {} {k:?}", d.id, d.flags, d.pos),
         }
     }
