@@ -30,6 +30,7 @@ pub struct FilesDumper {
     /// (dev, ino) -> descriptions seen with that inode, with one (pid, fd) holding each.
     by_inode: HashMap<(u64, u64), Vec<Holder>>,
     pub pipes: PipeDumper,
+    pub inet: crate::inet::InetDumper,
 }
 
 fn io(
@@ -191,6 +192,11 @@ impl FilesDumper {
             });
         }
         if ft.is_socket() {
+            if let Some(ino) = crate::inet::socket_inode(target) {
+                if let Some(kind) = self.inet.dump_socket(pid, fd, ino)? {
+                    return Ok(kind);
+                }
+            }
             return Err(unsupported("sockets are not supported yet (issue 4)"));
         }
         if target.starts_with("anon_inode:") {

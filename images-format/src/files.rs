@@ -61,6 +61,10 @@ pub enum FileKind {
     PosixMqueue {
         name: String,
     },
+    /// A TCP or UDP socket over IPv4 or IPv6.
+    Inet(Box<crate::inet::InetSocket>),
+    /// A netlink socket (NETLINK_ROUTE only).
+    Netlink(crate::inet::NetlinkSocket),
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]

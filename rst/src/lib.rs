@@ -10,6 +10,7 @@
 pub mod arena;
 pub mod cgroup;
 pub mod files;
+pub mod inet;
 pub mod ipc;
 pub mod memory;
 pub mod ns;

@@ -9,6 +9,7 @@
 pub mod clone;
 pub mod features;
 pub mod ipc;
+pub mod net;
 pub mod ns;
 pub mod ptrace;
 pub mod remote;

@@ -353,6 +353,7 @@ pub fn chkpnt(
             cpt::FinalState::Kill
         },
         compress: None,
+        tcp_established: false,
     })
     .map_err(|source| VeError::Dump { ctid, source })?;
     if !leave_running {
