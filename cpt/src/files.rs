@@ -31,6 +31,7 @@ pub struct FilesDumper {
     by_inode: HashMap<(u64, u64), Vec<Holder>>,
     pub pipes: PipeDumper,
     pub unix: crate::unix::UnixDumper,
+    pub inet: crate::inet::InetDumper,
 }
 
 fn io(
@@ -195,7 +196,14 @@ impl FilesDumper {
             if let Some(kind) = self.unix.dump_socket(pid, fd, meta.ino())? {
                 return Ok(kind);
             }
-            return Err(unsupported("sockets are not supported yet (issue 4)"));
+            if let Some(ino) = crate::inet::socket_inode(target) {
+                if let Some(kind) = self.inet.dump_socket(pid, fd, ino)? {
+                    return Ok(kind);
+                }
+            }
+            return Err(unsupported(
+                "this kind of socket is not supported (unix, TCP, UDP and NETLINK_ROUTE sockets are)",
+            ));
         }
         if target.starts_with("anon_inode:") {
             if let Some(kind) = crate::events::kind_of(pid, fd, target)? {

@@ -9,6 +9,7 @@
 pub mod events;
 pub mod files;
 pub mod freeze;
+pub mod inet;
 pub mod ipc;
 pub mod memory;
 pub mod ns;
@@ -84,6 +85,9 @@ pub struct DumpOptions {
     pub final_state: FinalState,
     /// zstd level for page chunks; `None` stores them raw.
     pub compress: Option<i32>,
+    /// Also dump TCP connections whose peer is outside the tree (as CRIU's option of that
+    /// name); without it such a connection fails the dump.
+    pub tcp_established: bool,
 }
 
 /// Figures of one dump, printed by `vzcpt dump --json`.
@@ -109,10 +113,12 @@ fn ms(since: Instant) -> f64 {
 pub fn dump(opts: &DumpOptions) -> Result<DumpStats, DumpError> {
     let t0 = Instant::now();
     // 1. Freeze and seize. From here until `finish`, dropping `frozen` resumes the tree.
-    let frozen = match &opts.target {
+    let mut frozen = match &opts.target {
         Target::Tree(pid) => seize::Frozen::seize_tree(Pid::from_raw(*pid))?,
         Target::Cgroup(path) => seize::Frozen::seize_cgroup(&freeze::Freezer::for_cgroup(path)?)?,
     };
+    // Established TCP connections go into repair mode before anything else happens.
+    let inet = inet::InetDumper::prepare(&mut frozen, opts.tcp_established)?;
     let freeze_ms = ms(t0);
     let t_frozen = Instant::now();
     let mut stats = DumpStats {
@@ -148,6 +154,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats, DumpError> {
         shmem: Vec::new(),
     };
     let mut files = files::FilesDumper::default();
+    files.inet = inet;
     let mut posix_timers = images_format::events::TimersImage::default();
     let mut store = writer.page_store(opts.compress)?;
     let (sink, writer_end) = pagesink::channel(opts.compress.is_none())?;

@@ -49,6 +49,9 @@ pub struct SeizedProcess {
 /// A stopped tree: processes parents-first, the root at index 0.
 pub struct Frozen {
     pub processes: Vec<SeizedProcess>,
+    /// The tree's established TCP sockets, in repair mode until the tree is killed (they
+    /// vanish without a word to their peers) or resumed (they leave repair mode first).
+    pub tcp_repair: crate::inet::RepairHold,
     done: bool,
 }
 
@@ -59,6 +62,7 @@ impl Frozen {
     pub fn seize_tree(root: Pid) -> Result<Self, DumpError> {
         let mut frozen = Frozen {
             processes: Vec::new(),
+            tcp_repair: Default::default(),
             done: false,
         };
         let stat = read_stat(root.as_raw())?;
@@ -82,6 +86,7 @@ impl Frozen {
         freezer.freeze()?;
         let mut frozen = Frozen {
             processes: Vec::new(),
+            tcp_repair: Default::default(),
             done: false,
         };
         let seized = frozen.seize_frozen_cgroup(freezer);
@@ -288,9 +293,19 @@ impl Frozen {
     pub fn finish(mut self, state: FinalState) -> Result<(), DumpError> {
         self.done = true;
         match state {
-            FinalState::LeaveRunning => self.resume(None),
-            FinalState::LeaveStopped => self.resume(Some(Signal::SIGSTOP)),
-            FinalState::Kill => self.kill_and_wait(),
+            FinalState::LeaveRunning => {
+                self.tcp_repair.leave_repair();
+                self.resume(None)
+            }
+            FinalState::LeaveStopped => {
+                self.tcp_repair.leave_repair();
+                self.resume(Some(Signal::SIGSTOP))
+            }
+            FinalState::Kill => {
+                let r = self.kill_and_wait();
+                self.tcp_repair.close_silently();
+                r
+            }
         }
     }
 
@@ -399,6 +414,7 @@ impl Drop for Frozen {
     fn drop(&mut self) {
         if !self.done {
             self.done = true;
+            self.tcp_repair.leave_repair();
             if let Err(e) = self.resume(None) {
                 warn!(?e, "resuming the tree after a failed dump");
             }

@@ -73,6 +73,10 @@ pub enum FileKind {
     Inotify(crate::events::Inotify),
     /// A unix socket with its state and queued data.
     UnixSocket(Box<crate::unix::UnixSocket>),
+    /// A TCP or UDP socket over IPv4 or IPv6.
+    Inet(Box<crate::inet::InetSocket>),
+    /// A netlink socket (NETLINK_ROUTE only).
+    Netlink(crate::inet::NetlinkSocket),
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]

@@ -36,6 +36,7 @@ pub mod pagestore;
 pub mod core;
 pub mod events;
 pub mod files;
+pub mod inet;
 pub mod ipc;
 pub mod mm;
 pub mod ns;

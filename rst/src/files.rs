@@ -53,6 +53,8 @@ struct Opener<'a> {
     pipe_ends: HashMap<u64, (Option<OwnedFd>, Option<OwnedFd>)>,
     filled_fifos: std::collections::HashSet<u64>,
     keep: Vec<OwnedFd>,
+    /// Sockets that need a last step once all are open (see `inet`).
+    sockets: crate::inet::SocketFinisher,
 }
 
 impl<'a> Opener<'a> {
@@ -63,6 +65,7 @@ impl<'a> Opener<'a> {
             pipe_ends: HashMap::new(),
             filled_fifos: Default::default(),
             keep: Vec::new(),
+            sockets: Default::default(),
         }
     }
 
@@ -184,6 +187,8 @@ impl<'a> Opener<'a> {
                 }
             }
             FileKind::UnixSocket(s) => self.unix.take(s)?,
+            FileKind::Inet(s) => crate::inet::open_inet(d.id, s, &mut self.sockets)?,
+            FileKind::Netlink(s) => crate::inet::open_netlink(d.id, s)?,
             FileKind::Fifo { path, pipe_id } => {
                 // A read-write keeper first, so that opening either end never blocks, and to
                 // refill the FIFO's buffer.
@@ -214,6 +219,11 @@ impl<'a> Opener<'a> {
             lseek(fd.as_fd(), d.pos as i64, Whence::SeekSet).map_err(|e| err(d.id, "lseek", e))?;
         }
         Ok(fd)
+    }
+
+    /// Every description is open: the sockets' last step (connections leave repair mode).
+    fn finish_sockets(&mut self) -> Result<(), RestoreError> {
+        std::mem::take(&mut self.sockets).finish()
     }
 
     fn into_keep(mut self) -> Vec<OwnedFd> {
@@ -249,6 +259,7 @@ pub fn prepare(
         next = r.as_raw_fd() + 1;
         descs.insert(d.id, r);
     }
+    opener.finish_sockets()?;
     Ok(Prepared {
         descs,
         keep: opener.into_keep(),
@@ -276,6 +287,7 @@ pub fn open_deferred(
         let slot = fd_of(*id).ok_or_else(|| err(*id, "deferred open", "no placeholder"))?;
         sys::syscalls::dup_onto(&fd, slot, true).map_err(|e| err(*id, "dup3", e))?;
     }
+    opener.finish_sockets()?;
     Ok(opener.into_keep())
 }
 

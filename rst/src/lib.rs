@@ -11,6 +11,7 @@ pub mod arena;
 pub mod cgroup;
 pub mod events;
 pub mod files;
+pub mod inet;
 pub mod ipc;
 pub mod memory;
 pub mod ns;

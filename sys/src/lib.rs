@@ -10,6 +10,7 @@ pub mod clone;
 pub mod events;
 pub mod features;
 pub mod ipc;
+pub mod net;
 pub mod ns;
 pub mod ptrace;
 pub mod remote;

@@ -23,10 +23,10 @@ state() { sed 's/.*) //' "/proc/$1/stat" | cut -c1; }
 others() { pgrep -x 'sleep|python3' | while read -r p; do echo "$p $(cat /proc/$p/comm 2>/dev/null)"; done; }
 "#;
 
-/// A dump that meets a resource it cannot handle (a socket) fails naming it and the task, and
+/// A dump that meets a resource it cannot handle (a packet socket) fails naming it and the task, and
 /// leaves the process exactly as it was.
 const DUMP_UNSUPPORTED: &str = r#"
-python3 -c 'import socket, time; s = socket.socket(); time.sleep(1000)' &
+python3 -c 'import socket, time; s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW); time.sleep(1000)' &
 P=$!
 sleep 0.5
 blk=$(field $P SigBlk)
@@ -75,7 +75,7 @@ const DUMP_UNSUPPORTED_CGROUP: &str = r#"
 CG="$CGROOT/vzcpt-fail-$$-$RANDOM"
 mkdir "$CG" || fail "mkdir $CG"
 trap 'echo 1 > "$CG/cgroup.kill" 2>/dev/null; sleep 0.2; rmdir "$CG" 2>/dev/null' EXIT
-sh -c 'echo $$ > "$0/cgroup.procs" && exec python3 -c "import socket, time; s = socket.socket(); time.sleep(1000)"' "$CG" &
+sh -c 'echo $$ > "$0/cgroup.procs" && exec python3 -c "import socket, time; s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW); time.sleep(1000)"' "$CG" &
 P=$!
 sleep 0.5
 out=$("$VZCPT" dump --cgroup "$CG" -D "$WORK/img" 2>&1) && fail "dump of a cgroup with a socket succeeded"
@@ -144,7 +144,7 @@ const DUMP_UNSUPPORTED_CGROUP_V1: &str = r#"
 CG="$CGROOT_V1/vzcpt-fail-$$-$RANDOM"
 mkdir "$CG" || fail "mkdir $CG"
 trap 'for p in $(cat "$CG/cgroup.procs" 2>/dev/null); do kill -9 $p; done; sleep 0.2; rmdir "$CG" 2>/dev/null' EXIT
-sh -c 'echo $$ > "$0/cgroup.procs" && exec python3 -c "import socket, time; s = socket.socket(); time.sleep(1000)"' "$CG" &
+sh -c 'echo $$ > "$0/cgroup.procs" && exec python3 -c "import socket, time; s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW); time.sleep(1000)"' "$CG" &
 P=$!
 sleep 0.5
 out=$("$VZCPT" dump --cgroup "$CG" -D "$WORK/img" 2>&1) && fail "dump of a cgroup with a socket succeeded"

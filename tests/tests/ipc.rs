@@ -881,6 +881,7 @@ fn host_attachment_fails_the_dump() -> R<()> {
         dir: tmp.path().join("img"),
         final_state: cpt::FinalState::LeaveRunning,
         compress: None,
+        tcp_established: false,
     };
     match cpt::dump(&opts) {
         Ok(_) => return Err("the dump succeeded".into()),

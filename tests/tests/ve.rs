@@ -166,11 +166,11 @@ $after"
 echo OK
 "#;
 
-/// Failures leave things as they were: a chkpnt that meets what it cannot dump (a socket, a
+/// Failures leave things as they were: a chkpnt that meets what it cannot dump (a packet socket, a
 /// nested PID namespace) leaves the VE running and thawed; a restore over a running VE is refused; a restore that fails leaves
 /// the VE absent of the host (no process, cgroup or mount) and its image in place.
 const FAILURES: &str = r#"
-vz create 104 --command 'exec python3 -c "import socket, time; s = socket.socket(); open(\"/tmp/ready\", \"w\"); time.sleep(1000)"' || fail "create"
+vz create 104 --command 'exec python3 -c "import socket, time; s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW); open(\"/tmp/ready\", \"w\"); time.sleep(1000)"' || fail "create"
 vz start 104 || fail "start"
 until_true 10 vz exec 104 test -e /tmp/ready || fail "python does not run"
 out=$(vz chkpnt 104 2>&1) && fail "chkpnt of a VE with a socket succeeded"

@@ -17,6 +17,14 @@ const CGROUP_WORKLOADS: &[&str] = &["forktree", "threads8", "bash_loop", "vfork"
 const STOPPED_WORKLOADS: &[&str] = &["counter", "forktree", "threads8"];
 const SCENARIO_TIMEOUT: Duration = Duration::from_secs(240);
 
+/// Whether a workload's source asks for a network namespace of its own (`/* vzcpt: netns */`
+/// among its first lines).
+fn wants_netns(src: &Path) -> bool {
+    std::fs::read_to_string(src)
+        .map(|t| t.lines().take(5).any(|l| l.contains("/* vzcpt: netns */")))
+        .unwrap_or(false)
+}
+
 fn workloads() -> Vec<(String, Vec<String>)> {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("workloads");
     let bin = Path::new(env!("VZCPT_WORKLOADS_BIN"));
@@ -37,6 +45,11 @@ fn workloads() -> Vec<(String, Vec<String>)> {
             Some("sh") => vec!["bash".into(), p.display().to_string()],
             _ => continue,
         };
+        let mut cmd = cmd;
+        if wants_netns(&p) {
+            // The driver reads this marker argument (see vzcpt-test-driver --netns).
+            cmd.insert(0, "--netns".into());
+        }
         out.push((name, cmd));
     }
     out
@@ -118,6 +131,13 @@ fn run_scenario(name: &str, cmd: &[String], mode: &str) -> Result<(), Failed> {
         }
         None => None,
     };
+    let (netns, cmd) = match cmd.split_first() {
+        Some((first, rest)) if first == "--netns" => (true, rest),
+        _ => (false, cmd),
+    };
+    if netns {
+        driver.arg("--netns");
+    }
     driver.arg("--").args(cmd);
     let out_path = work.join("driver.out");
     let out = std::fs::File::create(&out_path).map_err(|e| Failed::from(e.to_string()))?;

@@ -365,6 +365,9 @@ pub fn chkpnt(
             cpt::FinalState::Kill
         },
         compress: None,
+        // Connections to peers outside the VE survive: the network lock holds their packets
+        // off (dropped, not refused) until the restore, as `vzctl chkpnt` always did.
+        tcp_established: true,
     })
     .map_err(|source| {
         if net::configured(&cfg) {

@@ -33,7 +33,9 @@ pub struct DumpArgs {
     /// Parent image for an incremental dump (not supported yet).
     #[arg(long, value_name = "DIR")]
     pub parent: Option<PathBuf>,
-    /// Dump established TCP connections (sockets are not supported yet).
+    /// Also dump established TCP connections to peers outside the tree (restored with
+    /// TCP_REPAIR); without it such a connection fails the dump. Connections between two
+    /// tasks of the tree are always dumped.
     #[arg(long)]
     pub tcp_established: bool,
     /// Print the figures as one JSON object.
@@ -62,6 +64,7 @@ pub fn run(a: &DumpArgs) -> anyhow::Result<i32> {
         dir: a.dir.clone(),
         final_state,
         compress: a.compress,
+        tcp_established: a.tcp_established,
     };
     let stats =
         cpt::dump(&opts).with_context(|| format!("dump into {} failed", a.dir.display()))?;

@@ -168,6 +168,15 @@ pub fn run(a: &ShowArgs) -> anyhow::Result<i32> {
                     u.queue.iter().map(|m| m.data.len()).sum::<usize>()
                 )
             }
+            images_format::files::FileKind::Inet(sock) => {
+                println!(
+                    "  desc {} flags {:#o} {}",
+                    d.id,
+                    d.flags,
+                    describe_inet(sock)
+                );
+                println!("      options {:?}", sock.opts);
+            }
             k => println!("  desc {} flags {:#o} pos {} {k:?}", d.id, d.flags, d.pos),
         }
     }
@@ -273,4 +282,41 @@ pub fn run(a: &ShowArgs) -> anyhow::Result<i32> {
         }
     }
     Ok(0)
+}
+
+/// One line for an inet socket: protocol, addresses, state and queue sizes.
+fn describe_inet(s: &images_format::inet::InetSocket) -> String {
+    use images_format::inet::InetState;
+    let fam = match s.family {
+        images_format::inet::InetFamily::V4 => "IPv4",
+        images_format::inet::InetFamily::V6 => "IPv6",
+    };
+    match &s.state {
+        InetState::TcpClosed => format!("TCP/{fam} {} unconnected", s.local),
+        InetState::TcpListen { backlog } => {
+            format!("TCP/{fam} {} listening, backlog {backlog}", s.local)
+        }
+        InetState::TcpEstablished(c) => format!(
+            "TCP/{fam} {} -> {} established{}: send seq {} ({} bytes queued, {} unsent), receive seq {} ({} bytes queued), mss {}, wscale {:?}, sack {}, timestamps {}",
+            s.local,
+            c.peer,
+            if c.peer_in_tree { " (peer in the tree)" } else { " (peer outside)" },
+            c.send_seq,
+            c.send_queue.len(),
+            c.unsent,
+            c.recv_seq,
+            c.recv_queue.len(),
+            c.mss,
+            c.wscale,
+            c.sack,
+            c.timestamps
+        ),
+        InetState::Udp { peer, queue } => format!(
+            "UDP/{fam} {}{} with {} datagram(s) queued {:?}",
+            s.local,
+            peer.map(|p| format!(" -> {p}")).unwrap_or_default(),
+            queue.len(),
+            queue
+        ),
+    }
 }

@@ -9,7 +9,9 @@
 //! `leave-running` (dump with `--leave-running`, check the original, kill it, restore a copy
 //! in a fresh PID namespace and check the copy), `cgroup-v2` / `cgroup-v1` (like `kill`, but the
 //! workload runs in the given cgroup and is dumped with `--cgroup`).
-//! `--rounds N` repeats dump+restore on the restored tree.
+//! `--rounds N` repeats dump+restore on the restored tree. `--netns` starts the workload in
+//! a network namespace of its own with `lo` up (workloads marked `/* vzcpt: netns */`), so
+//! that the copy restored beside the original (`leave-running`) gets its own ports.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -26,6 +28,7 @@ struct Args {
     mode: String,
     rounds: u32,
     cgroup: Option<PathBuf>,
+    netns: bool,
     workload: Vec<String>,
 }
 
@@ -37,6 +40,7 @@ fn parse_args() -> anyhow::Result<Args> {
         mode: "kill".into(),
         rounds: 1,
         cgroup: None,
+        netns: false,
         workload: Vec::new(),
     };
     while let Some(arg) = it.next() {
@@ -46,6 +50,7 @@ fn parse_args() -> anyhow::Result<Args> {
             "--mode" => a.mode = it.next().context("--mode MODE")?,
             "--rounds" => a.rounds = it.next().context("--rounds N")?.parse()?,
             "--cgroup" => a.cgroup = Some(it.next().context("--cgroup PATH")?.into()),
+            "--netns" => a.netns = true,
             "--" => {
                 a.workload = it.collect();
                 break;
@@ -227,6 +232,18 @@ fn start_workload(d: &mut Driver) -> anyhow::Result<i32> {
             .arg("echo $$ > \"$0/cgroup.procs\" && exec \"$@\"")
             .arg(cg)
             .args(&d.a.workload);
+        c
+    } else if d.a.netns {
+        // unshare and sh exec: the workload keeps the PID the harness started.
+        let mut c = Command::new("unshare");
+        c.args([
+            "--net",
+            "sh",
+            "-c",
+            "ip link set lo up && exec \"$@\"",
+            "sh",
+        ])
+        .args(&d.a.workload);
         c
     } else {
         let mut c = Command::new(&d.a.workload[0]);
