@@ -10,3 +10,4 @@
 pub mod ctl;
 pub mod paths;
 pub mod reaper;
+pub mod ve_harness;

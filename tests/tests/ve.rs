@@ -7,35 +7,7 @@
 //! start dies with them, their VE root mounts vanish with their mount namespace, and their
 //! cgroups are removed afterwards whatever happened. The script prints `OK` last.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
-
-use libtest_mimic::{Arguments, Failed, Trial};
-
-const PRELUDE: &str = r#"
-set -u
-fail() { echo "FAIL: $*"; exit 1; }
-# This "host" has its own network namespace: loopback and one address of its own.
-ip link set lo up && ip addr add 10.99.0.1/32 dev lo || fail "cannot set up the host network namespace"
-vz() { "$BIN/vzctl" "$@"; }
-# Stops every VE of this "host" when the script ends, however it ends.
-cleanup() { for c in $(ls "$VZ_DIR/conf" 2>/dev/null | sed -n 's/\.conf$//p'); do vz stop "$c" --timeout 1 >/dev/null 2>&1; done; }
-trap cleanup EXIT
-# in_ve CTID CMD...: run inside the VE, fail the trial on error.
-in_ve() { local c=$1; shift; vz exec "$c" "$@" || fail "vzctl exec $c $* exited $?"; }
-# until_true SECONDS CMD...: retry until it succeeds.
-until_true() { local n=$(( $1 * 20 )); shift; while ! "$@" >/dev/null 2>&1; do n=$((n-1)); [ $n -gt 0 ] || return 1; sleep 0.05; done; }
-status_is() { [ "$(vz status "$1")" = "VE $1 $2" ]; }
-# ve_runs CTID PATTERN: a process of the VE has PATTERN in its command line.
-ve_runs() { vz exec "$1" ps -eo args= | grep -q "$2"; }
-# ve_nproc_at_least CTID N
-ve_nproc_at_least() { [ "$(vz exec "$1" ps -e --no-headers | wc -l)" -ge "$2" ]; }
-# A shell loop that counts in memory and writes the count to tmpfs (/tmp) and to the private
-# area (/root/log, one line per step): after a restore the log must go on without a gap.
-LOOP='i=0; while :; do i=$((i+1)); echo $i > /tmp/count; echo $i >> /root/log; sleep 0.05; done'
-# log_contiguous CTID: /root/log is 1, 2, 3, ... with nothing lost or repeated.
-log_contiguous() { awk 'NR != $1 { bad = 1 } END { exit bad }' "$VZ_DIR/private/$1/upper/root/log"; }
-"#;
+use libtest_mimic::{Arguments, Trial};
 
 /// Every verb on a VE, and each refusal with a clear message.
 const LIFECYCLE: &str = r#"
@@ -443,107 +415,9 @@ ip route show 10.99.1.5 | grep -q . && fail "stop left a route: $(ip route show 
 echo OK
 "#;
 
-fn bins() -> anyhow::Result<PathBuf> {
-    let vzctl = tests::paths::cli_bin("vzctl")?;
-    for b in ["vzlist", "vzinit"] {
-        tests::paths::cli_bin(b)?;
-    }
-    Ok(vzctl.parent().map(Path::to_path_buf).unwrap_or_default())
-}
-
-/// Removes `$VZ_CGROUP` and everything below it in every hierarchy (killing what is left).
-fn remove_cgroups(name: &str) {
-    let Ok(hiers) = std::fs::read_dir("/sys/fs/cgroup") else {
-        return;
-    };
-    for h in hiers.flatten() {
-        let top = h.path().join(name);
-        if top.is_dir() {
-            remove_tree(&top);
-        }
-    }
-}
-
-fn remove_tree(dir: &Path) {
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for e in entries.flatten() {
-            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
-                remove_tree(&e.path());
-            }
-        }
-    }
-    let _ = std::fs::write(dir.join("cgroup.kill"), "1");
-    for _ in 0..200 {
-        if std::fs::remove_dir(dir).is_ok() || !dir.exists() {
-            return;
-        }
-        if let Ok(procs) = std::fs::read_to_string(dir.join("cgroup.procs")) {
-            for p in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(p),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
-        }
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
-}
-
-fn run_script(name: &str, body: &str) -> Result<(), Failed> {
-    let bin = bins().map_err(|e| Failed::from(format!("{e:#}")))?;
-    let tag = format!("{name}-{}", std::process::id());
-    let work = tests::paths::profile_dir()
-        .join("test-work")
-        .join(format!("ve-{tag}"));
-    let _ = std::fs::remove_dir_all(&work);
-    std::fs::create_dir_all(&work).map_err(|e| Failed::from(e.to_string()))?;
-    let cgroup = format!("vzt-{tag}");
-    let out = Command::new("timeout")
-        .args([
-            "180",
-            "unshare",
-            "--pid",
-            "--net",
-            "--fork",
-            "--mount-proc",
-            "--kill-child",
-        ])
-        .args(["bash", "-c", &format!("{PRELUDE}\n{body}")])
-        .env("BIN", &bin)
-        .env("WORK", &work)
-        .env("VZ_DIR", work.join("vz"))
-        .env("VZ_CGROUP", &cgroup)
-        .output();
-    remove_cgroups(&cgroup);
-    let out = out.map_err(|e| Failed::from(format!("run bash: {e}")))?;
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    if out.status.success() && text.lines().any(|l| l == "OK") {
-        let _ = std::fs::remove_dir_all(&work);
-        Ok(())
-    } else {
-        Err(format!("{name}: {}\n{text}", out.status).into())
-    }
-}
-
 fn main() {
     let args = Arguments::from_args();
-    let mut skip = None;
-    if !nix::unistd::geteuid().is_root() {
-        skip = Some("needs root (namespaces, mounts, cgroups)".to_string());
-    } else if !Path::new("/sys/fs/cgroup/unified/cgroup.freeze").exists()
-        && !Path::new("/sys/fs/cgroup/unified/cgroup.procs").exists()
-    {
-        skip = Some("needs cgroup v2 at /sys/fs/cgroup/unified (the VE freezer)".to_string());
-    } else if !std::fs::read_to_string("/proc/filesystems")
-        .unwrap_or_default()
-        .contains("overlay")
-    {
-        skip = Some("needs overlayfs (the VE root)".to_string());
-    }
+    let skip = tests::ve_harness::skip_reason();
     let scripts: Vec<(&str, &str)> = vec![
         ("lifecycle_verbs_and_refusals", LIFECYCLE),
         ("shell_loop_ten_chkpnt_restore_cycles", SHELL_LOOP_CYCLES),
@@ -559,7 +433,10 @@ fn main() {
             if let Some(r) = &skip {
                 eprintln!("{name}: ignored: {r}");
             }
-            Trial::test(name, move || run_script(name, body)).with_ignored_flag(skip.is_some())
+            Trial::test(name, move || {
+                tests::ve_harness::run_script(name, body).map_err(Into::into)
+            })
+            .with_ignored_flag(skip.is_some())
         })
         .collect();
     libtest_mimic::run(&args, trials).exit();

@@ -3,8 +3,9 @@
 //! Prints, in one run so the figures are comparable: memcpy bandwidth; for workloads of 64 MiB
 //! and 1 GiB of touched memory, dump and restore time and GB/s (uncompressed, images on tmpfs),
 //! image size plain and with zstd; dump and restore time of a 100-process tree; `vzctl chkpnt`
-//! and `vzctl restore` of an idle VE (init + 5 processes) and of one with 256 MiB touched
-//! (VE state on tmpfs, its own cgroup). Figures go to
+//! and `vzctl restore` of an idle VE (init + 5 processes), of one with 256 MiB touched, and of a
+//! redis VE with 10,000 keys and 50 clients connected from outside it (VE state on tmpfs, its
+//! own cgroup; the benchmark runs in its own network namespace). Figures go to
 //! docs/BENCHMARKS.md by hand, with this command. The workload is the `counter` test workload.
 //!
 //! It re-executes itself as PID 1 of a new PID namespace so restored PIDs are always free and
@@ -320,6 +321,84 @@ impl BenchVe {
     }
 }
 
+/// The redis client of the benchmark: 10,000 keys written, 50 connections held through the
+/// checkpoint and restore, each answering afterwards.
+const REDIS_CLIENTS: &str = r#"
+import socket, sys, time, os
+w = sys.argv[1]
+for _ in range(400):
+    try:
+        conns = [socket.create_connection(("10.99.9.2", 6379), timeout=30)]; break
+    except OSError:
+        time.sleep(0.05)
+conns += [socket.create_connection(("10.99.9.2", 6379), timeout=30) for _ in range(49)]
+s = conns[0]
+s.sendall(b"".join(b"SET key%d %s\r\n" % (i, b"v" * 100) for i in range(10000)))
+f = s.makefile("rb")
+for _ in range(10000):
+    assert f.readline() == b"+OK\r\n"
+open(w + "/ready", "w").close()
+while not os.path.exists(w + "/go"):
+    time.sleep(0.01)
+ok = 0
+for c in conns:
+    c.sendall(b"DBSIZE\r\n")
+    if c.recv(100) == b":10000\r\n":
+        ok += 1
+open(w + "/result", "w").write("%d" % ok)
+"#;
+
+impl BenchVe {
+    /// `vzctl chkpnt` and `restore` of a redis VE with 10,000 keys and 50 clients connected
+    /// from outside it, all of which must answer afterwards.
+    fn redis(&self, ctid: u32) -> anyhow::Result<()> {
+        let id = ctid.to_string();
+        let work = PathBuf::from(IMG_ROOT).join("redis-client");
+        let _ = std::fs::remove_dir_all(&work);
+        std::fs::create_dir_all(&work)?;
+        self.vzctl(&[
+            "create",
+            &id,
+            "--command",
+            "exec redis-server --bind 0.0.0.0 --port 6379 --save '' --appendonly no --protected-mode no --daemonize no",
+        ])?;
+        self.vzctl(&["set", &id, "--ipadd", "10.99.9.2", "--save"])?;
+        self.vzctl(&["start", &id])?;
+        let mut client = Command::new("python3")
+            .args(["-c", REDIS_CLIENTS])
+            .arg(&work)
+            .spawn()?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !work.join("ready").exists() {
+            if Instant::now() > deadline || client.try_wait()?.is_some() {
+                let _ = client.kill();
+                bail!("the redis clients did not get ready");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let (out, dump_wall) = self.vzctl(&["chkpnt", &id, "--json"])?;
+        let d: serde_json::Value = serde_json::from_str(out.trim())?;
+        let (out, rst_wall) = self.vzctl(&["restore", &id, "--json"])?;
+        let r: serde_json::Value = serde_json::from_str(out.trim())?;
+        std::fs::write(work.join("go"), "")?;
+        client.wait()?;
+        let ok = std::fs::read_to_string(work.join("result")).unwrap_or_default();
+        println!(
+            "| VE, redis, 10,000 keys, 50 clients | {} processes | chkpnt {dump_wall:.0} ms (engine {:.0} ms, frozen {:.0} ms) | restore {rst_wall:.0} ms (engine {:.0} ms); {ok} of 50 clients answered after it |",
+            d.get("processes").and_then(|x| x.as_u64()).unwrap_or(0),
+            json_f64(&d, "total_ms"),
+            json_f64(&d, "frozen_ms"),
+            json_f64(&r, "total_ms"),
+        );
+        self.vzctl(&["stop", &id, "--timeout", "1"])?;
+        self.vzctl(&["destroy", &id])?;
+        if ok.trim() != "50" {
+            bail!("only {ok} of 50 redis clients answered after the restore");
+        }
+        Ok(())
+    }
+}
+
 fn ve_bench(quick: bool) -> anyhow::Result<()> {
     let ve = BenchVe {
         vzctl: tests::paths::cli_bin("vzctl")?,
@@ -336,9 +415,15 @@ fn ve_bench(quick: bool) -> anyhow::Result<()> {
             return Ok(());
         }
         let mem = "exec python3 -c \"import time; b = bytearray(b'x' * (256 << 20)); open('/tmp/ready', 'w'); time.sleep(10**6)\"";
-        ve.cycle(102, "256 MiB touched", mem)
+        ve.cycle(102, "256 MiB touched", mem)?;
+        if Command::new("redis-server").arg("--version").output().is_ok() {
+            ve.redis(103)
+        } else {
+            println!("(redis-server is not installed: no redis VE figures)");
+            Ok(())
+        }
     });
-    for ctid in ["101", "102"] {
+    for ctid in ["101", "102", "103"] {
         let _ = ve.vzctl(&["stop", ctid, "--timeout", "1"]);
         let _ = ve.vzctl(&["destroy", ctid]);
     }
@@ -357,12 +442,25 @@ fn main() -> anyhow::Result<()> {
     if std::process::id() != 1 {
         // Run again as PID 1 of a fresh PID namespace.
         let st = Command::new("unshare")
-            .args(["--pid", "--fork", "--mount-proc", "--kill-child"])
+            .args(["--pid", "--net", "--fork", "--mount-proc", "--kill-child"])
             .arg(std::env::current_exe()?)
             .args(std::env::args().skip(1))
             .status()
             .context("unshare (needs root)")?;
         std::process::exit(st.code().unwrap_or(1));
+    }
+    // Its own network namespace: loopback, and an address for the VEs' peers.
+    for args in [
+        &["link", "set", "lo", "up"][..],
+        &["addr", "add", "10.99.0.1/32", "dev", "lo"][..],
+    ] {
+        let st = Command::new("ip")
+            .args(args)
+            .status()
+            .context("ip (iproute2)")?;
+        if !st.success() {
+            bail!("ip {} failed", args.join(" "));
+        }
     }
     let _ = std::fs::remove_dir_all(IMG_ROOT);
     std::fs::create_dir_all(IMG_ROOT)?;
