@@ -277,11 +277,67 @@ fn watch_path(pid: i32, w: &RawWatch) -> Result<String, String> {
             _ => tried.push(format!("{mountpoint}: handle opens {path}, another inode")),
         }
     }
+    // File systems that give no usable handle (overlayfs without nfs_export: a VE's root):
+    // look for the inode itself, breadth first from each mount of the device.
+    for line in mountinfo.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() < 5 || f[2] != format!("{major}:{minor}") {
+            continue;
+        }
+        let mountpoint = crate::ns::unescape(f[4]);
+        if let Some(path) = search_inode(&root, &mountpoint, w.ino) {
+            return Ok(path);
+        }
+        tried.push(format!(
+            "{mountpoint}: not found in the first {SEARCH_LIMIT} entries"
+        ));
+    }
     Err(if tried.is_empty() {
         "no mount of its device in the task's mount namespace".into()
     } else {
         format!("no path leads to it ({})", tried.join("; "))
     })
+}
+
+/// How many entries [`search_inode`] looks at before it gives up.
+const SEARCH_LIMIT: usize = 200_000;
+
+/// The path (as the task sees it) of inode `ino` under `mountpoint`, found breadth first
+/// without following links or entering other mounts (CRIU's "irmap" does the same).
+fn search_inode(root: &str, mountpoint: &str, ino: u64) -> Option<String> {
+    let top = format!("{root}{mountpoint}");
+    let dev = std::fs::symlink_metadata(&top).ok()?.dev();
+    let mut queue =
+        std::collections::VecDeque::from([mountpoint.trim_end_matches('/').to_string()]);
+    let mut seen = 0usize;
+    if std::fs::symlink_metadata(&top).ok()?.ino() == ino {
+        return Some(if mountpoint.is_empty() {
+            "/".into()
+        } else {
+            mountpoint.to_string()
+        });
+    }
+    while let Some(dir) = queue.pop_front() {
+        let Ok(entries) = std::fs::read_dir(format!("{root}{dir}")) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            seen += 1;
+            if seen > SEARCH_LIMIT {
+                return None;
+            }
+            let Ok(m) = e.metadata() else { continue };
+            let path = format!("{dir}/{}", e.file_name().to_string_lossy());
+            if m.ino() == ino {
+                return Some(path);
+            }
+            // Directories of the same mount only (overlayfs reports its own device for them).
+            if m.is_dir() && m.dev() == dev {
+                queue.push_back(path);
+            }
+        }
+    }
+    None
 }
 
 #[cfg(test)]

@@ -415,6 +415,45 @@ ip route show 10.99.1.5 | grep -q . && fail "stop left a route: $(ip route show 
 echo OK
 "#;
 
+/// Inotify watches on the VE's overlay root (which gives no file handles: the dump finds
+/// the watched inode by searching the mount) and on a tmpfs come back with their watch
+/// descriptors, and report an event made after the restore.
+const INOTIFY: &str = r#"
+vz create 111 --command 'exec python3 /root/ino.py' || fail "create"
+mkdir -p "$VZ_DIR/private/111/upper/root/watched"
+cat > "$VZ_DIR/private/111/upper/root/ino.py" <<'PY'
+import ctypes, os, time, struct
+libc = ctypes.CDLL(None, use_errno=True)
+fd = libc.inotify_init1(0)
+w1 = libc.inotify_add_watch(fd, b"/root/watched", 0x100)  # IN_CREATE
+w2 = libc.inotify_add_watch(fd, b"/tmp", 0x100)
+open("/tmp/ready", "w").close()
+while not os.path.exists("/tmp/go"):
+    time.sleep(0.05)
+open("/root/watched/new", "w").close()
+got = []
+deadline = time.time() + 5
+while (w1, b"new") not in got and time.time() < deadline:
+    b = os.read(fd, 4096)
+    off = 0
+    while off < len(b):
+        wd, mask, cookie, ln = struct.unpack("iIII", b[off:off + 16])
+        got.append((wd, b[off + 16:off + 16 + ln].rstrip(b"\0")))
+        off += 16 + ln
+ok = (w1, b"new") in got and (w2, b"go") in got
+open("/root/result", "w").write("PASS" if ok else "FAIL events %r" % got)
+time.sleep(100000)
+PY
+vz start 111 || fail "start"
+until_true 10 vz exec 111 test -e /tmp/ready || fail "not ready"
+vz chkpnt 111 || fail "chkpnt"
+vz restore 111 || fail "restore"
+vz exec 111 touch /tmp/go || fail "exec"
+until_true 10 test -e "$VZ_DIR/private/111/upper/root/result" || fail "no result"
+[ "$(cat $VZ_DIR/private/111/upper/root/result)" = PASS ] || fail "$(cat $VZ_DIR/private/111/upper/root/result)"
+echo OK
+"#;
+
 fn main() {
     let args = Arguments::from_args();
     let skip = tests::ve_harness::skip_reason();
@@ -426,6 +465,7 @@ fn main() {
         ("sysv_ipc_shared_by_two_processes", SYSV_IPC),
         ("tmpfs_contents_kept_whole", TMPFS_CONTENTS),
         ("network_links_addresses_routes_kept", NETWORK),
+        ("inotify_on_overlay_and_tmpfs", INOTIFY),
     ];
     let trials = scripts
         .into_iter()
