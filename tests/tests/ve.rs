@@ -454,6 +454,31 @@ until_true 10 test -e "$VZ_DIR/private/111/upper/root/result" || fail "no result
 echo OK
 "#;
 
+/// Bridge mode: the VE's host end joins a bridge of the host, its address keeps its prefix;
+/// the host reaches it through the bridge before and after a checkpoint and restore.
+const BRIDGE: &str = r#"
+ip link add br9 type bridge && ip addr add 10.99.5.1/24 dev br9 && ip link set br9 up || fail "bridge"
+vz create 112 --command 'exec python3 -c "
+import socket
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((\"0.0.0.0\", 7300)); s.listen()
+while True:
+    c, a = s.accept(); c.send(a[0].encode()); c.close()
+"' || fail "create"
+vz set 112 --ipadd 10.99.5.2/24 --bridge br9 --save || fail "set"
+vz start 112 || fail "start"
+ip link show veth112 | grep -q 'master br9' || fail "the host end is not on the bridge: $(ip link show veth112)"
+ask() { python3 -c 'import socket; s = socket.create_connection(("10.99.5.2", 7300), timeout=3); print(s.recv(100).decode())'; }
+until_true 10 ask || fail "cannot reach the VE through the bridge"
+[ "$(ask)" = 10.99.5.1 ] || fail "reply: $(ask)"
+vz chkpnt 112 || fail "chkpnt"
+vz restore 112 || fail "restore"
+ip link show veth112 | grep -q 'master br9' || fail "the new host end is not on the bridge"
+until_true 10 ask || fail "cannot reach the VE after restore"
+vz exec 112 ip -o addr show dev eth0 | grep -q '10.99.5.2/24' || fail "address after restore: $(vz exec 112 ip -o addr)"
+echo OK
+"#;
+
 fn main() {
     let args = Arguments::from_args();
     let skip = tests::ve_harness::skip_reason();
@@ -466,6 +491,7 @@ fn main() {
         ("tmpfs_contents_kept_whole", TMPFS_CONTENTS),
         ("network_links_addresses_routes_kept", NETWORK),
         ("inotify_on_overlay_and_tmpfs", INOTIFY),
+        ("network_bridge_mode", BRIDGE),
     ];
     let trials = scripts
         .into_iter()
