@@ -1,7 +1,11 @@
-//! Live migration of VEs (`vzmigrate`): the QUIC transport with mutually pinned TLS 1.3
-//! certificates ([`transport`]); the source and destination engines come next.
+//! Migration of VEs (`vzmigrate`): the QUIC transport with mutually pinned TLS 1.3
+//! certificates ([`transport`]), the private area's sync ([`fsync`]), and the offline
+//! migration of a running VE ([`offline`]: checkpoint, transfer, restore, commit). Online
+//! migration with memory pre-copy builds on these.
 #![forbid(unsafe_code)]
 
+pub mod fsync;
+pub mod offline;
 pub mod transport;
 
 #[derive(Debug, thiserror::Error)]

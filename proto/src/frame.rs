@@ -133,6 +133,7 @@ mod tests {
                 uid: 0,
                 gid: 0,
                 mtime_ns: -5,
+                xattrs: vec![("trusted.overlay.opaque".into(), b"y".to_vec())],
                 size: 0,
                 offset: 0,
                 data: vec![],
@@ -168,6 +169,11 @@ mod tests {
             Message::CommitAck,
             Message::Abort(Abort {
                 reason: "disk full".into(),
+            }),
+            Message::ImageChunk(ImageChunk {
+                name: "pages".into(),
+                offset: 4096,
+                data: vec![1; 100],
             }),
         ]
     }

@@ -12,6 +12,8 @@
 //!                                        ◀──────────  CheckReply {problems}      (empty: go)
 //!  VeConfig {ctid, config}               ──────────▶
 //!  FsFile* ... FsDone                    ──────────▶  the private area, while the VE runs
+//!  offline: the VE is checkpointed (stopped); its page store follows as
+//!    ImageChunk* {name, offset, data}   ──────────▶
 //!  online: for round 1, 2, ...:
 //!    RoundBegin {round, pages}           ──────────▶
 //!    ── page streams (several in parallel) ──

@@ -25,13 +25,14 @@ pub enum Kind {
     Commit = 14,
     CommitAck = 15,
     Abort = 16,
+    ImageChunk = 17,
 }
 
 /// Largest page batch payload: 4 MiB of pages plus their index.
 pub const MAX_BATCH_BYTES: u32 = (4 << 20) + (64 << 10);
 
 impl Kind {
-    pub const ALL: [Kind; 16] = [
+    pub const ALL: [Kind; 17] = [
         Kind::Hello,
         Kind::HelloAck,
         Kind::CheckRequest,
@@ -48,6 +49,7 @@ impl Kind {
         Kind::Commit,
         Kind::CommitAck,
         Kind::Abort,
+        Kind::ImageChunk,
     ];
 
     pub fn from_u16(v: u16) -> Option<Kind> {
@@ -57,7 +59,7 @@ impl Kind {
     /// The largest payload a peer may send in a message of this kind.
     pub fn max_len(self) -> u32 {
         match self {
-            Kind::PageBatch | Kind::FsFile => MAX_BATCH_BYTES,
+            Kind::PageBatch | Kind::FsFile | Kind::ImageChunk => MAX_BATCH_BYTES,
             // The image's records but the pages: core, mm, files, ... of the whole VE.
             Kind::FinalState => 256 << 20,
             Kind::VeConfig | Kind::RestoreResult | Kind::CheckRequest | Kind::CheckReply => 1 << 20,
@@ -84,6 +86,7 @@ pub enum Message {
     Commit,
     CommitAck,
     Abort(Abort),
+    ImageChunk(ImageChunk),
 }
 
 impl Message {
@@ -105,6 +108,7 @@ impl Message {
             Message::Commit => Kind::Commit,
             Message::CommitAck => Kind::CommitAck,
             Message::Abort(_) => Kind::Abort,
+            Message::ImageChunk(_) => Kind::ImageChunk,
         }
     }
 }
@@ -155,6 +159,9 @@ pub struct FsFile {
     pub uid: u32,
     pub gid: u32,
     pub mtime_ns: i64,
+    /// Extended attributes of files and directories (overlayfs keeps its opaque-directory
+    /// marks in them).
+    pub xattrs: Vec<(String, Vec<u8>)>,
     /// For a regular file: its size, and a piece of its data at `offset`.
     pub size: u64,
     pub offset: u64,
@@ -250,4 +257,13 @@ pub struct RestoreResult {
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub struct Abort {
     pub reason: String,
+}
+
+/// A piece of a file of the image at `offset` (offline migration carries the image's page
+/// store this way; its other records come in [`FinalState`]).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct ImageChunk {
+    pub name: String,
+    pub offset: u64,
+    pub data: Vec<u8>,
 }

@@ -58,7 +58,7 @@ pub fn skip_reason() -> Option<String> {
 
 pub fn bins() -> anyhow::Result<PathBuf> {
     let vzctl = crate::paths::cli_bin("vzctl")?;
-    for b in ["vzlist", "vzinit"] {
+    for b in ["vzlist", "vzinit", "vzmigrate", "vzcpt"] {
         crate::paths::cli_bin(b)?;
     }
     Ok(vzctl.parent().map(Path::to_path_buf).unwrap_or_default())

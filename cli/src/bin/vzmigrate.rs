@@ -1,0 +1,130 @@
+//! `vzmigrate`: move a VE to another host. `vzmigrate keygen` and `vzmigrate trust FP` set up
+//! the mutual trust of two hosts; `vzmigrate --listen ADDR` runs the destination's daemon;
+//! `vzmigrate DEST CTID` moves a running VE there (offline: checkpoint, transfer, restore).
+use std::net::{SocketAddr, ToSocketAddrs};
+
+use clap::{Parser, Subcommand};
+use migrate::transport::{Identity, Trust};
+use ve::Layout;
+
+const PORT: u16 = 4422;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "vzmigrate",
+    version,
+    about = "Migrate VEs between hosts over QUIC with mutually pinned TLS",
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Cmd>,
+    /// Run the destination daemon on this address (e.g. 0.0.0.0:4422).
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<String>,
+    /// Live migration with memory pre-copy (not available yet: offline only).
+    #[arg(long)]
+    online: bool,
+    /// Keep the VE's stopped copy (config and private area) on the source.
+    #[arg(long)]
+    keep_src: bool,
+    /// Print the figures as one JSON object.
+    #[arg(long)]
+    json: bool,
+    /// The destination host (HOST or HOST:PORT; port 4422 by default).
+    dest: Option<String>,
+    ctid: Option<u32>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Make this host's key and certificate; prints its fingerprint.
+    Keygen {
+        /// Replace an existing key.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Print this host's certificate fingerprint.
+    Fingerprint,
+    /// Trust the host whose certificate has this SHA-256 fingerprint.
+    Trust { fingerprint: String },
+}
+
+fn addr(s: &str) -> anyhow::Result<SocketAddr> {
+    let with_port = if s.parse::<SocketAddr>().is_ok()
+        || s.rsplit_once(':')
+            .is_some_and(|(h, p)| !h.contains(':') && p.parse::<u16>().is_ok())
+    {
+        s.to_string()
+    } else if s.contains(':') {
+        format!("[{s}]:{PORT}")
+    } else {
+        format!("{s}:{PORT}")
+    };
+    with_port
+        .to_socket_addrs()?
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("{s} resolves to no address"))
+}
+
+fn run(cli: Cli) -> anyhow::Result<i32> {
+    let layout = Layout::from_env();
+    let dir = Identity::dir(&layout.vz_dir);
+    match cli.command {
+        Some(Cmd::Keygen { force }) => {
+            let id = Identity::generate(&dir, force)?;
+            println!("{}", id.fingerprint());
+            return Ok(0);
+        }
+        Some(Cmd::Fingerprint) => {
+            println!("{}", Identity::load(&dir)?.fingerprint());
+            return Ok(0);
+        }
+        Some(Cmd::Trust { fingerprint }) => {
+            Trust::add(&dir, &fingerprint)?;
+            return Ok(0);
+        }
+        None => {}
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    if let Some(listen) = cli.listen {
+        let a = addr(&listen)?;
+        rt.block_on(migrate::offline::listen(&layout, a))?;
+        return Ok(0);
+    }
+    let (Some(dest), Some(ctid)) = (cli.dest, cli.ctid) else {
+        anyhow::bail!("give DEST and CTID (or --listen ADDR, or a subcommand); see --help");
+    };
+    if cli.online {
+        anyhow::bail!("online migration (memory pre-copy) is not implemented yet; migrate offline (without --online)");
+    }
+    let report = rt.block_on(migrate::offline::migrate(
+        &layout,
+        ctid,
+        addr(&dest)?,
+        cli.keep_src,
+    ))?;
+    if cli.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        eprintln!(
+            "VE {ctid} moved to {dest}: total {:.0} ms, downtime {:.0} ms, private area {} files {} bytes, image {} bytes, {} bytes sent",
+            report.total_ms, report.downtime_ms, report.fs_files, report.fs_bytes, report.image_bytes, report.wire_bytes
+        );
+    }
+    Ok(0)
+}
+
+fn main() {
+    cli::logging::init();
+    match run(Cli::parse()) {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            let msg: Vec<String> = e.chain().map(|c| c.to_string()).collect();
+            eprintln!("vzmigrate: {}", msg.join(": "));
+            std::process::exit(1);
+        }
+    }
+}

@@ -1,0 +1,566 @@
+//! Offline migration, as vzmigrate did it: check the destination, copy the private area while
+//! the VE runs, checkpoint it (it stops), send the image, restore it on the destination,
+//! commit. Until the commit, every failure brings the VE back on the source (restored from
+//! its image) and removes everything from the destination. The engines drive `vzctl` as a
+//! child process for the checkpoint and the restore: `rst` needs a single-threaded caller,
+//! and a failed restore then never takes the daemon down.
+//!
+//! The commit: the source sends `Commit` once the destination says its copy runs, and
+//! destroys its own copy when `CommitAck` comes. Without the acknowledgement it keeps its
+//! stopped copy and its image (the VE is never running twice, and never lost).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use proto::{
+    Abort, CheckReply, CheckRequest, FinalState, FsDone, Hello, ImageChunk, Message, RestoreResult,
+    VeConfigMsg,
+};
+use serde::Serialize;
+use ve::Layout;
+
+use crate::transport::{self, Identity, Trust};
+use crate::{fsync, MigrateError, Result};
+
+/// Bytes per image chunk message.
+const CHUNK: usize = 1 << 20;
+const COMMIT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Figures of one migration (`vzmigrate --json`).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Report {
+    pub ctid: u32,
+    pub total_ms: f64,
+    /// From the checkpoint's start to the destination's copy running.
+    pub downtime_ms: f64,
+    pub fs_files: u64,
+    pub fs_bytes: u64,
+    pub image_bytes: u64,
+    pub wire_bytes: u64,
+}
+
+fn hello(host: &str) -> Hello {
+    Hello {
+        version: proto::VERSION,
+        engine: env!("CARGO_PKG_VERSION").to_string(),
+        host: host.to_string(),
+        caps: vec!["offline".into()],
+    }
+}
+
+fn hostname() -> String {
+    nix::unistd::gethostname()
+        .map(|h| h.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// Runs `vzctl ARGS` with this host's `$VZ_DIR` and `$VZ_CGROUP`; its stderr on failure.
+fn vzctl(layout: &Layout, vzctl: &Path, args: &[&str]) -> std::result::Result<String, String> {
+    let out = Command::new(vzctl)
+        .args(args)
+        .env("VZ_DIR", &layout.vz_dir)
+        .env("VZ_CGROUP", &layout.cgroup_name)
+        .output()
+        .map_err(|e| format!("run {}: {e}", vzctl.display()))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+    }
+}
+
+/// `vzctl` beside the running program.
+pub fn vzctl_path() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(|d| d.join("vzctl")))
+        .filter(|p| p.exists())
+        .unwrap_or_else(|| PathBuf::from("vzctl"))
+}
+
+fn conn_err(e: impl std::fmt::Display) -> MigrateError {
+    MigrateError::Connection(e.to_string())
+}
+
+/// Receives the next message, or fails on a closed stream or an `Abort`.
+async fn expect(rx: &mut quinn::RecvStream) -> Result<Message> {
+    match transport::recv(rx).await? {
+        Some(Message::Abort(a)) => Err(MigrateError::Aborted(a.reason)),
+        Some(m) => Ok(m),
+        None => Err(MigrateError::Connection(
+            "the peer closed the stream".into(),
+        )),
+    }
+}
+
+fn unexpected(m: &Message, wanted: &str) -> MigrateError {
+    MigrateError::Connection(format!("expected {wanted}, got a {:?} message", m.kind()))
+}
+
+/// The source side: moves running VE `ctid` to `dest`.
+pub async fn migrate(
+    layout: &Layout,
+    ctid: u32,
+    dest: SocketAddr,
+    keep_src: bool,
+) -> Result<Report> {
+    let t0 = Instant::now();
+    let vzctl_bin = vzctl_path();
+    let status = ve::ops::status(layout, ctid).map_err(|e| MigrateError::Keys(e.to_string()))?;
+    if status != ve::Status::Running {
+        return Err(MigrateError::Keys(format!(
+            "VE {ctid} is {status}: only a running VE is migrated"
+        )));
+    }
+    let dir = Identity::dir(&layout.vz_dir);
+    let me = Identity::load(&dir)?;
+    let ep = transport::client(&me, Trust::load(&dir)?)?;
+    let conn = transport::connect(&ep, dest).await?;
+    let (mut tx, mut rx) = conn.open_bi().await.map_err(conn_err)?;
+    let mut report = Report {
+        ctid,
+        ..Default::default()
+    };
+    let mut wire = 0u64;
+    macro_rules! send {
+        ($m:expr) => {{
+            let m = $m;
+            wire += proto::encode(&m)?.len() as u64;
+            transport::send(&mut tx, &m).await?;
+        }};
+    }
+
+    send!(Message::Hello(hello(&hostname())));
+    match expect(&mut rx).await? {
+        Message::HelloAck(h) => {
+            proto::negotiate(proto::VERSION, h.version)?;
+        }
+        m => return Err(unexpected(&m, "HelloAck")),
+    }
+    let private = layout.upper(ctid);
+    send!(Message::CheckRequest(CheckRequest {
+        ctid,
+        arch: std::env::consts::ARCH.into(),
+        xsave_features: sys::syscalls::xcr0(),
+        kernel: nix::sys::utsname::uname()
+            .map(|u| u.release().to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        needed_bytes: du(&private),
+        features: Vec::new(),
+    }));
+    match expect(&mut rx).await? {
+        Message::CheckReply(r) if r.problems.is_empty() => {}
+        Message::CheckReply(r) => {
+            return Err(MigrateError::Aborted(format!(
+                "the destination refuses VE {ctid}: {}",
+                r.problems.join("; ")
+            )))
+        }
+        m => return Err(unexpected(&m, "CheckReply")),
+    }
+    let config = std::fs::read_to_string(layout.conf(ctid)).map_err(|source| MigrateError::Io {
+        op: "read",
+        path: layout.conf(ctid),
+        source,
+    })?;
+    send!(Message::VeConfig(VeConfigMsg { ctid, config }));
+
+    // The private area while the VE runs. (Offline: the VE's own writes from here until the
+    // checkpoint are caught by a second pass after it.)
+    let mut msgs = Vec::new();
+    let (files, bytes) = fsync::walk(&private, &mut |m| {
+        msgs.push(m);
+        Ok(())
+    })?;
+    for m in msgs {
+        send!(m);
+    }
+    send!(Message::FsDone(FsDone { files, bytes }));
+    report.fs_files = files;
+    report.fs_bytes = bytes;
+
+    // Checkpoint: the VE stops here.
+    let t_down = Instant::now();
+    let image = layout.dump(ctid).with_extension("migrate");
+    let _ = std::fs::remove_dir_all(&image);
+    let image_s = image.to_string_lossy().into_owned();
+    let id = ctid.to_string();
+    if let Err(e) = vzctl(layout, &vzctl_bin, &["chkpnt", &id, "--dumpfile", &image_s]) {
+        let _ = transport::send(&mut tx, &Message::Abort(Abort { reason: e.clone() })).await;
+        return Err(MigrateError::Aborted(format!(
+            "checkpoint on the source: {e}"
+        )));
+    }
+    // From here until the commit, a failure restores the VE here from its image.
+    let outcome: Result<(u64, u64)> = async {
+        // The private area again, now that the VE is stopped: what changed is written over.
+        let mut msgs = Vec::new();
+        let (f, b) = fsync::walk(&private, &mut |m| {
+            msgs.push(m);
+            Ok(())
+        })?;
+        for m in msgs {
+            send!(m);
+        }
+        send!(Message::FsDone(FsDone { files: f, bytes: b }));
+        let mut image_bytes = 0u64;
+        let mut records = Vec::new();
+        let mut names: Vec<_> = std::fs::read_dir(&image)
+            .map_err(|source| MigrateError::Io {
+                op: "read",
+                path: image.clone(),
+                source,
+            })?
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        for name in names {
+            let path = image.join(&name);
+            let data = std::fs::read(&path).map_err(|source| MigrateError::Io {
+                op: "read",
+                path: path.clone(),
+                source,
+            })?;
+            image_bytes += data.len() as u64;
+            if data.len() <= CHUNK {
+                records.push((name, data));
+                continue;
+            }
+            for (i, piece) in data.chunks(CHUNK).enumerate() {
+                send!(Message::ImageChunk(ImageChunk {
+                    name: name.clone(),
+                    offset: (i * CHUNK) as u64,
+                    data: piece.to_vec(),
+                }));
+            }
+        }
+        send!(Message::FinalState(FinalState { records }));
+        match expect(&mut rx).await? {
+            Message::RestoreResult(r) if r.ok => Ok((image_bytes, wire)),
+            Message::RestoreResult(r) => Err(MigrateError::Aborted(format!(
+                "restore on the destination failed: {}",
+                r.error.unwrap_or_default()
+            ))),
+            m => Err(unexpected(&m, "RestoreResult")),
+        }
+    }
+    .await;
+    let (image_bytes, wire_now) = match outcome {
+        Ok(v) => v,
+        Err(e) => {
+            let _ = transport::send(
+                &mut tx,
+                &Message::Abort(Abort {
+                    reason: e.to_string(),
+                }),
+            )
+            .await;
+            let back = vzctl(
+                layout,
+                &vzctl_bin,
+                &["restore", &id, "--dumpfile", &image_s],
+            );
+            return Err(match back {
+                Ok(_) => {
+                    let _ = std::fs::remove_dir_all(&image);
+                    e
+                }
+                Err(r) => MigrateError::Aborted(format!(
+                    "{e}; and the VE could not be restored on the source ({r}): its image stays in {image_s}"
+                )),
+            });
+        }
+    };
+    report.downtime_ms = t_down.elapsed().as_secs_f64() * 1000.0;
+    report.image_bytes = image_bytes;
+    // Commit.
+    transport::send(&mut tx, &Message::Commit).await?;
+    let acked = tokio::time::timeout(COMMIT_TIMEOUT, expect(&mut rx)).await;
+    if !matches!(acked, Ok(Ok(Message::CommitAck))) {
+        return Err(MigrateError::Aborted(format!(
+            "the destination did not acknowledge the commit: VE {ctid} stays stopped here with its image in {image_s}; check the destination before restoring it"
+        )));
+    }
+    let _ = tx.finish();
+    conn.close(0u32.into(), b"committed");
+    // The close must reach the destination before this process goes.
+    let _ = tokio::time::timeout(Duration::from_secs(2), ep.wait_idle()).await;
+    let _ = std::fs::remove_dir_all(&image);
+    if !keep_src {
+        vzctl(layout, &vzctl_bin, &["destroy", &id]).map_err(|e| {
+            MigrateError::Aborted(format!(
+                "the VE runs on the destination; destroying it here failed: {e}"
+            ))
+        })?;
+    }
+    report.wire_bytes = wire_now + 16;
+    report.total_ms = t0.elapsed().as_secs_f64() * 1000.0;
+    Ok(report)
+}
+
+fn du(dir: &Path) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            if let Ok(m) = e.metadata() {
+                if m.is_dir() {
+                    stack.push(e.path());
+                } else {
+                    total += m.len();
+                }
+            }
+        }
+    }
+    total
+}
+
+/// What the destination removes again if the migration does not commit.
+struct Incoming<'a> {
+    layout: &'a Layout,
+    ctid: Option<u32>,
+    committed: bool,
+}
+
+impl Drop for Incoming<'_> {
+    fn drop(&mut self) {
+        let Some(ctid) = self.ctid else { return };
+        if self.committed {
+            let _ = std::fs::remove_dir_all(self.layout.dump(ctid).with_extension("incoming"));
+            return;
+        }
+        let id = ctid.to_string();
+        let bin = vzctl_path();
+        let _ = vzctl(self.layout, &bin, &["stop", &id, "--timeout", "2"]);
+        let _ = std::fs::remove_dir_all(self.layout.dump(ctid).with_extension("incoming"));
+        if vzctl(self.layout, &bin, &["destroy", &id]).is_err() {
+            let _ = std::fs::remove_dir_all(self.layout.private(ctid));
+            let _ = std::fs::remove_file(self.layout.conf(ctid));
+        }
+        tracing::warn!(
+            ctid,
+            "migration not committed: the destination's copy is removed"
+        );
+    }
+}
+
+fn check(layout: &Layout, req: &CheckRequest) -> Vec<String> {
+    let mut problems = Vec::new();
+    if layout.conf(req.ctid).exists() {
+        problems.push(format!("CTID {} exists here", req.ctid));
+    }
+    if req.arch != std::env::consts::ARCH {
+        problems.push(format!(
+            "architecture {} here, {} on the source",
+            std::env::consts::ARCH,
+            req.arch
+        ));
+    }
+    let ours = sys::syscalls::xcr0();
+    if req.xsave_features & !ours != 0 {
+        problems.push(format!(
+            "the CPU lacks xsave features {:#x} of the source",
+            req.xsave_features & !ours
+        ));
+    }
+    let _ = std::fs::create_dir_all(&layout.vz_dir);
+    if let Ok(st) = nix::sys::statvfs::statvfs(&layout.vz_dir) {
+        let free = st.blocks_available() * st.fragment_size();
+        if free < req.needed_bytes.saturating_mul(2) {
+            problems.push(format!(
+                "{} bytes free in {}, {} needed",
+                free,
+                layout.vz_dir.display(),
+                req.needed_bytes * 2
+            ));
+        }
+    }
+    problems
+}
+
+/// A plain file name of the image (no path).
+fn image_name(name: &str) -> Result<&str> {
+    if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+        return Err(MigrateError::Connection(format!(
+            "the peer sent an image file name {name:?}"
+        )));
+    }
+    Ok(name)
+}
+
+/// The destination side of one migration, on an accepted connection.
+pub async fn receive(layout: &Layout, conn: quinn::Connection) -> Result<u32> {
+    let (mut tx, mut rx) = conn.accept_bi().await.map_err(conn_err)?;
+    let mut incoming = Incoming {
+        layout,
+        ctid: None,
+        committed: false,
+    };
+    match expect(&mut rx).await? {
+        Message::Hello(h) => {
+            if let Err(e) = proto::negotiate(proto::VERSION, h.version) {
+                let _ = transport::send(
+                    &mut tx,
+                    &Message::Abort(Abort {
+                        reason: e.to_string(),
+                    }),
+                )
+                .await;
+                return Err(e.into());
+            }
+        }
+        m => return Err(unexpected(&m, "Hello")),
+    }
+    transport::send(&mut tx, &Message::HelloAck(hello(&hostname()))).await?;
+    let req = match expect(&mut rx).await? {
+        Message::CheckRequest(r) => r,
+        m => return Err(unexpected(&m, "CheckRequest")),
+    };
+    let problems = check(layout, &req);
+    let refused = !problems.is_empty();
+    transport::send(&mut tx, &Message::CheckReply(CheckReply { problems })).await?;
+    if refused {
+        let _ = tx.finish();
+        let _ = tokio::time::timeout(Duration::from_secs(10), conn.closed()).await;
+        return Err(MigrateError::Aborted(format!("VE {} refused", req.ctid)));
+    }
+    let ctid = req.ctid;
+    incoming.ctid = Some(ctid);
+    let id = ctid.to_string();
+    match expect(&mut rx).await? {
+        Message::VeConfig(c) if c.ctid == ctid => {
+            let cfg: ve::VeConfig = toml_free_parse(&c.config)?;
+            ve::ops::create(layout, ctid, &cfg).map_err(|e| MigrateError::Keys(e.to_string()))?;
+            std::fs::write(layout.conf(ctid), &c.config).map_err(|source| MigrateError::Io {
+                op: "write",
+                path: layout.conf(ctid),
+                source,
+            })?;
+        }
+        m => return Err(unexpected(&m, "VeConfig")),
+    }
+    let upper = layout.upper(ctid);
+    let image = layout.dump(ctid).with_extension("incoming");
+    let _ = std::fs::remove_dir_all(&image);
+    std::fs::create_dir_all(&image).map_err(|source| MigrateError::Io {
+        op: "create",
+        path: image.clone(),
+        source,
+    })?;
+    // Two passes of the private area (while running, then stopped), the image, the rest.
+    let mut passes = 0;
+    loop {
+        match expect(&mut rx).await? {
+            // The second pass (after the checkpoint) writes over the first.
+            Message::FsFile(f) => fsync::apply(&upper, &f, passes > 0)?,
+            Message::FsDone(_) => passes += 1,
+            Message::ImageChunk(c) => {
+                let p = image.join(image_name(&c.name)?);
+                use std::os::unix::fs::FileExt;
+                let f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(false)
+                    .open(&p)
+                    .map_err(|source| MigrateError::Io {
+                        op: "write",
+                        path: p.clone(),
+                        source,
+                    })?;
+                f.write_all_at(&c.data, c.offset)
+                    .map_err(|source| MigrateError::Io {
+                        op: "write",
+                        path: p.clone(),
+                        source,
+                    })?;
+            }
+            Message::FinalState(fs) => {
+                for (name, data) in fs.records {
+                    let p = image.join(image_name(&name)?);
+                    std::fs::write(&p, data).map_err(|source| MigrateError::Io {
+                        op: "write",
+                        path: p.clone(),
+                        source,
+                    })?;
+                }
+                break;
+            }
+            m => return Err(unexpected(&m, "FsFile, ImageChunk or FinalState")),
+        }
+    }
+    let t = Instant::now();
+    let image_s = image.to_string_lossy().into_owned();
+    let restored = vzctl(
+        layout,
+        &vzctl_path(),
+        &["restore", &id, "--dumpfile", &image_s],
+    );
+    let result = RestoreResult {
+        ok: restored.is_ok(),
+        error: restored.err(),
+        restore_ms: t.elapsed().as_secs_f64() * 1000.0,
+    };
+    let ok = result.ok;
+    transport::send(&mut tx, &Message::RestoreResult(result.clone())).await?;
+    if !ok {
+        // Let the result reach the source before the connection goes.
+        let _ = tx.finish();
+        let _ = tokio::time::timeout(Duration::from_secs(10), conn.closed()).await;
+        return Err(MigrateError::Aborted(format!(
+            "restore failed: {}",
+            result.error.unwrap_or_default()
+        )));
+    }
+    match expect(&mut rx).await? {
+        Message::Commit => {
+            incoming.committed = true;
+            let _ = transport::send(&mut tx, &Message::CommitAck).await;
+            let _ = tx.finish();
+            // The source closes once it has the acknowledgement; do not wait on it for long.
+            let _ = tokio::time::timeout(Duration::from_secs(5), conn.closed()).await;
+            Ok(ctid)
+        }
+        m => Err(unexpected(&m, "Commit")),
+    }
+}
+
+/// The config as the source sent it, checked like a config file.
+fn toml_free_parse(text: &str) -> Result<ve::VeConfig> {
+    let dir = std::env::temp_dir().join(format!("vzmigrate-conf-{}", std::process::id()));
+    let _ = std::fs::create_dir_all(&dir);
+    let p = dir.join("incoming.conf");
+    std::fs::write(&p, text).map_err(|source| MigrateError::Io {
+        op: "write",
+        path: p.clone(),
+        source,
+    })?;
+    let r = ve::VeConfig::load(&p).map_err(|e| MigrateError::Keys(e.to_string()));
+    let _ = std::fs::remove_dir_all(&dir);
+    r
+}
+
+/// The destination daemon: accepts trusted sources one connection at a time, for ever.
+pub async fn listen(layout: &Layout, addr: SocketAddr) -> Result<()> {
+    let dir = Identity::dir(&layout.vz_dir);
+    let me = Identity::load(&dir)?;
+    let ep = transport::server(addr, &me, Trust::load(&dir)?)?;
+    tracing::info!(%addr, "listening");
+    while let Some(inc) = ep.accept().await {
+        let conn = match inc.await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!("refused a connection: {e}");
+                continue;
+            }
+        };
+        let peer = conn.remote_address();
+        match receive(layout, conn).await {
+            Ok(ctid) => eprintln!("vzmigrate: VE {ctid} arrived from {peer}"),
+            Err(e) => eprintln!("vzmigrate: migration from {peer} failed: {e}"),
+        }
+    }
+    Ok(())
+}
