@@ -141,3 +141,21 @@ pub fn run_script(name: &str, body: &str) -> Result<(), String> {
         Err(format!("{name}: {}\n{text}", out.status))
     }
 }
+
+/// Runs `scripts` (name, bash body) as the trials of a test binary, each ignored with the
+/// reason when VE trials cannot run here.
+pub fn run_trials(scripts: Vec<(&'static str, String)>) -> ! {
+    let args = libtest_mimic::Arguments::from_args();
+    let skip = skip_reason();
+    let trials = scripts
+        .into_iter()
+        .map(|(name, body)| {
+            if let Some(r) = &skip {
+                eprintln!("{name}: ignored: {r}");
+            }
+            libtest_mimic::Trial::test(name, move || run_script(name, &body).map_err(Into::into))
+                .with_ignored_flag(skip.is_some())
+        })
+        .collect();
+    libtest_mimic::run(&args, trials).exit()
+}

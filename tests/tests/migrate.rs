@@ -2,8 +2,6 @@
 //! and a second one joined to it by a veth pair (host B), each with its own `$VZ_DIR` and
 //! cgroup root; B runs the destination daemon. See `tests::ve_harness` for the trial setup.
 
-use libtest_mimic::{Arguments, Trial};
-
 const TWO_HOSTS: &str = r#"
 VB="$WORK/b"; CGB="$VZ_CGROUP/b"
 b() { VZ_DIR="$VB" VZ_CGROUP="$CGB" "$@"; }
@@ -84,9 +82,7 @@ echo OK
 "#;
 
 fn main() {
-    let args = Arguments::from_args();
-    let skip = tests::ve_harness::skip_reason();
-    let scripts: Vec<(&str, String)> = vec![
+    tests::ve_harness::run_trials(vec![
         (
             "migrate_offline_back_and_forth",
             format!("{TWO_HOSTS}\n{MIGRATE_BACK_AND_FORTH}"),
@@ -95,18 +91,5 @@ fn main() {
             "migrate_refusals_leave_the_ve_running",
             format!("{TWO_HOSTS}\n{REFUSALS}"),
         ),
-    ];
-    let trials = scripts
-        .into_iter()
-        .map(|(name, body)| {
-            if let Some(r) = &skip {
-                eprintln!("{name}: ignored: {r}");
-            }
-            Trial::test(name, move || {
-                tests::ve_harness::run_script(name, &body).map_err(Into::into)
-            })
-            .with_ignored_flag(skip.is_some())
-        })
-        .collect();
-    libtest_mimic::run(&args, trials).exit();
+    ])
 }

@@ -4,7 +4,24 @@
 //! into a VE during its checkpoint and restore loses no byte and sees no reset.
 //! See `tests::ve_harness` for how each trial runs.
 
-use libtest_mimic::{Arguments, Trial};
+/// A Python module for the clients (in `$WORK`): connecting while the VE's server comes up,
+/// and waiting at a named step until the script says go.
+const CLIENT_LIB: &str = r#"
+cat > "$WORK/vzt.py" <<'PY'
+import os, socket, time
+def connect(host, port, tries=200):
+    for _ in range(tries):
+        try:
+            return socket.create_connection((host, port), timeout=30)
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit("cannot connect to %s:%d" % (host, port))
+def wait(work, name):
+    open(work + "/" + name, "w").close()
+    while not os.path.exists(work + "/go-" + name):
+        time.sleep(0.05)
+PY
+"#;
 
 /// A client outside the VE streams numbered bytes into a server in the VE without pause,
 /// through a checkpoint and restore and through a snapshot; the server checks every byte it
@@ -31,14 +48,11 @@ while True:
 open("/root/result", "w").write("PASS %d" % n)
 PY
 vz start 401 || fail "start"
-python3 - "$WORK/c" <<'PY' &
+PYTHONPATH="$WORK" python3 - "$WORK/c" <<'PY' &
 import socket, sys, time, os
 d = sys.argv[1]
-for _ in range(200):
-    try:
-        s = socket.create_connection(("10.99.4.1", 7100), timeout=30); break
-    except OSError:
-        time.sleep(0.05)
+import vzt
+s = vzt.connect("10.99.4.1", 7100)
 buf = bytes(i % 251 for i in range(251 * 64))
 sent = 0
 open(d + "/streaming", "w").close()
@@ -79,14 +93,11 @@ command -v redis-server >/dev/null || fail "redis-server is not installed"
 vz create 402 --command 'exec redis-server --bind 0.0.0.0 --port 6379 --save "" --appendonly no --protected-mode no --daemonize no' || fail "create"
 vz set 402 --ipadd 10.99.4.2 --save || fail "ipadd"
 vz start 402 || fail "start"
-python3 - "$WORK" <<'PY' &
+PYTHONPATH="$WORK" python3 - "$WORK" <<'PY' &
 import socket, sys, time, os
 w = sys.argv[1]
-for _ in range(200):
-    try:
-        s = socket.create_connection(("10.99.4.2", 6379), timeout=30); break
-    except OSError:
-        time.sleep(0.05)
+import vzt
+s = vzt.connect("10.99.4.2", 6379)
 f = s.makefile("rb")
 port = s.getsockname()[1]
 def cmd(c):
@@ -97,9 +108,7 @@ def get(k):
     n = f.readline()
     return f.readline().strip().decode() if n.startswith(b"$") and n != b"$-1\r\n" else None
 def wait(name):
-    open(w + "/" + name, "w").close()
-    while not os.path.exists(w + "/go-" + name):
-        time.sleep(0.05)
+    vzt.wait(w, name)
 try:
     for i in range(1000):
         assert cmd("SET key%d value%d" % (i, i)) == b"+OK\r\n"
@@ -148,14 +157,11 @@ http {
 }
 CONF
 vz start 403 || fail "start"
-python3 - "$WORK" "$VZ_DIR/private/403/upper/root/www/page.txt" <<'PY' &
+PYTHONPATH="$WORK" python3 - "$WORK" "$VZ_DIR/private/403/upper/root/www/page.txt" <<'PY' &
 import socket, sys, time, os
 w, page = sys.argv[1], open(sys.argv[2], "rb").read()
-for _ in range(200):
-    try:
-        s = socket.create_connection(("10.99.4.3", 80), timeout=30); break
-    except OSError:
-        time.sleep(0.05)
+import vzt
+s = vzt.connect("10.99.4.3", 80)
 f = s.makefile("rb")
 def fetch():
     s.sendall(b"GET /page.txt HTTP/1.1\r\nHost: ve\r\n\r\n")
@@ -171,9 +177,7 @@ def fetch():
     assert status.startswith(b"HTTP/1.1 200"), status
     assert body == page, "body differs"
 def wait(name):
-    open(w + "/" + name, "w").close()
-    while not os.path.exists(w + "/go-" + name):
-        time.sleep(0.05)
+    vzt.wait(w, name)
 try:
     fetch()
     wait("fetched")
@@ -221,14 +225,11 @@ async def main():
 asyncio.run(main())
 PY
 vz start 404 || fail "start"
-python3 - "$WORK" <<'PY' &
+PYTHONPATH="$WORK" python3 - "$WORK" <<'PY' &
 import socket, sys, time, os
 w = sys.argv[1]
-for _ in range(200):
-    try:
-        s = socket.create_connection(("10.99.4.4", 7200), timeout=30); break
-    except OSError:
-        time.sleep(0.05)
+import vzt
+s = vzt.connect("10.99.4.4", 7200)
 f = s.makefile("rb")
 def ask(word):
     s.sendall(word.encode() + b"\n")
@@ -236,9 +237,7 @@ def ask(word):
     assert a == word.encode(), a
     return int(t.split(b"=")[1])
 def wait(name):
-    open(w + "/" + name, "w").close()
-    while not os.path.exists(w + "/go-" + name):
-        time.sleep(0.05)
+    vzt.wait(w, name)
 try:
     t1 = ask("one")
     wait("asked")
@@ -294,26 +293,20 @@ echo OK
 "#;
 
 fn main() {
-    let args = Arguments::from_args();
-    let skip = tests::ve_harness::skip_reason();
-    let scripts: Vec<(&str, &str)> = vec![
-        ("stream_through_network_lock", STREAM_THROUGH_LOCK),
-        ("redis_with_outside_client", REDIS),
-        ("nginx_keepalive_client", NGINX),
-        ("python_asyncio_server", ASYNCIO),
-        ("postgres_open_transaction", POSTGRES),
-    ];
-    let trials = scripts
-        .into_iter()
-        .map(|(name, body)| {
-            if let Some(r) = &skip {
-                eprintln!("{name}: ignored: {r}");
-            }
-            Trial::test(name, move || {
-                tests::ve_harness::run_script(name, body).map_err(Into::into)
-            })
-            .with_ignored_flag(skip.is_some())
-        })
-        .collect();
-    libtest_mimic::run(&args, trials).exit();
+    tests::ve_harness::run_trials(vec![
+        (
+            "stream_through_network_lock",
+            format!("{CLIENT_LIB}\n{STREAM_THROUGH_LOCK}"),
+        ),
+        (
+            "redis_with_outside_client",
+            format!("{CLIENT_LIB}\n{REDIS}"),
+        ),
+        ("nginx_keepalive_client", format!("{CLIENT_LIB}\n{NGINX}")),
+        ("python_asyncio_server", format!("{CLIENT_LIB}\n{ASYNCIO}")),
+        (
+            "postgres_open_transaction",
+            format!("{CLIENT_LIB}\n{POSTGRES}"),
+        ),
+    ])
 }

@@ -7,8 +7,6 @@
 //! start dies with them, their VE root mounts vanish with their mount namespace, and their
 //! cgroups are removed afterwards whatever happened. The script prints `OK` last.
 
-use libtest_mimic::{Arguments, Trial};
-
 /// Every verb on a VE, and each refusal with a clear message.
 const LIFECYCLE: &str = r#"
 vz create 101 --hostname web1 || fail "create"
@@ -480,30 +478,18 @@ echo OK
 "#;
 
 fn main() {
-    let args = Arguments::from_args();
-    let skip = tests::ve_harness::skip_reason();
-    let scripts: Vec<(&str, &str)> = vec![
-        ("lifecycle_verbs_and_refusals", LIFECYCLE),
-        ("shell_loop_ten_chkpnt_restore_cycles", SHELL_LOOP_CYCLES),
-        ("tree_of_ten_in_two_sessions", TREE_TWO_SESSIONS),
-        ("failures_leave_ve_as_it_was", FAILURES),
-        ("sysv_ipc_shared_by_two_processes", SYSV_IPC),
-        ("tmpfs_contents_kept_whole", TMPFS_CONTENTS),
-        ("network_links_addresses_routes_kept", NETWORK),
-        ("inotify_on_overlay_and_tmpfs", INOTIFY),
-        ("network_bridge_mode", BRIDGE),
-    ];
-    let trials = scripts
-        .into_iter()
-        .map(|(name, body)| {
-            if let Some(r) = &skip {
-                eprintln!("{name}: ignored: {r}");
-            }
-            Trial::test(name, move || {
-                tests::ve_harness::run_script(name, body).map_err(Into::into)
-            })
-            .with_ignored_flag(skip.is_some())
-        })
-        .collect();
-    libtest_mimic::run(&args, trials).exit();
+    tests::ve_harness::run_trials(vec![
+        ("lifecycle_verbs_and_refusals", LIFECYCLE.to_string()),
+        (
+            "shell_loop_ten_chkpnt_restore_cycles",
+            SHELL_LOOP_CYCLES.to_string(),
+        ),
+        ("tree_of_ten_in_two_sessions", TREE_TWO_SESSIONS.to_string()),
+        ("failures_leave_ve_as_it_was", FAILURES.to_string()),
+        ("sysv_ipc_shared_by_two_processes", SYSV_IPC.to_string()),
+        ("tmpfs_contents_kept_whole", TMPFS_CONTENTS.to_string()),
+        ("network_links_addresses_routes_kept", NETWORK.to_string()),
+        ("inotify_on_overlay_and_tmpfs", INOTIFY.to_string()),
+        ("network_bridge_mode", BRIDGE.to_string()),
+    ])
 }
