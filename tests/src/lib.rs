@@ -10,4 +10,5 @@
 pub mod ctl;
 pub mod paths;
 pub mod reaper;
+pub mod script;
 pub mod ve_harness;

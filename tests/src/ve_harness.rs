@@ -104,42 +104,22 @@ fn remove_tree(dir: &Path) {
 
 pub fn run_script(name: &str, body: &str) -> Result<(), String> {
     let bin = bins().map_err(|e| format!("{e:#}"))?;
-    let tag = format!("{name}-{}", std::process::id());
-    let work = crate::paths::profile_dir()
-        .join("test-work")
-        .join(format!("ve-{tag}"));
-    let _ = std::fs::remove_dir_all(&work);
-    std::fs::create_dir_all(&work).map_err(|e| e.to_string())?;
-    let cgroup = format!("vzt-{tag}");
-    let out = Command::new("timeout")
-        .args([
-            "180",
-            "unshare",
-            "--pid",
-            "--net",
-            "--fork",
-            "--mount-proc",
-            "--kill-child",
-        ])
-        .args(["bash", "-c", &format!("{PRELUDE}\n{body}")])
-        .env("BIN", &bin)
-        .env("WORK", &work)
-        .env("VZ_DIR", work.join("vz"))
-        .env("VZ_CGROUP", &cgroup)
-        .output();
-    remove_cgroups(&cgroup);
-    let out = out.map_err(|e| format!("run bash: {e}"))?;
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    if out.status.success() && text.lines().any(|l| l == "OK") {
-        let _ = std::fs::remove_dir_all(&work);
-        Ok(())
-    } else {
-        Err(format!("{name}: {}\n{text}", out.status))
+    let cgroup = format!("vzt-{name}-{}", std::process::id());
+    let r = crate::script::Script {
+        name,
+        prefix: "ve",
+        body: format!("{PRELUDE}\n{body}"),
+        unshare: &["--net"],
+        env: vec![
+            ("BIN", bin.to_string_lossy().into_owned()),
+            ("VZ_DIR", "{WORK}/vz".to_string()),
+            ("VZ_CGROUP", cgroup.clone()),
+        ],
+        timeout_s: 180,
     }
+    .run();
+    remove_cgroups(&cgroup);
+    r
 }
 
 /// Runs `scripts` (name, bash body) as the trials of a test binary, each ignored with the

@@ -226,38 +226,16 @@ echo OK
 "#;
 
 fn run_script(name: &str, body: &str, env: &[(&str, String)]) -> Result<(), Failed> {
-    let vzcpt = tests::paths::vzcpt().map_err(|e| Failed::from(format!("{e:#}")))?;
-    let work = tests::paths::profile_dir()
-        .join("test-work")
-        .join(format!("fail-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&work);
-    std::fs::create_dir_all(&work).map_err(|e| Failed::from(e.to_string()))?;
-    let out = Command::new("timeout")
-        .args([
-            "120",
-            "unshare",
-            "--pid",
-            "--fork",
-            "--mount-proc",
-            "--kill-child",
-        ])
-        .args(["bash", "-c", &format!("{PRELUDE}\n{body}")])
-        .env("VZCPT", &vzcpt)
-        .env("WORK", &work)
-        .envs(env.iter().map(|(k, v)| (*k, v)))
-        .output()
-        .map_err(|e| Failed::from(format!("run bash: {e}")))?;
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    if out.status.success() && text.lines().any(|l| l == "OK") {
-        let _ = std::fs::remove_dir_all(&work);
-        Ok(())
-    } else {
-        Err(format!("{name}: {}\n{text}", out.status).into())
+    tests::script::Script {
+        name,
+        prefix: "cli",
+        body: format!("{PRELUDE}\n{body}"),
+        unshare: &[],
+        env: env.to_vec(),
+        timeout_s: 120,
     }
+    .run()
+    .map_err(Failed::from)
 }
 
 fn main() {

@@ -7,7 +7,7 @@
 //! Each trial is a bash script run as PID 1 of its own PID namespace (whatever it starts dies
 //! with it); it prints `OK` last.
 
-use std::process::Command;
+use libtest_mimic::{Arguments, Failed, Trial};
 
 const PRELUDE: &str = r#"
 set -u
@@ -105,55 +105,38 @@ refused $P "not accepted yet"
 echo OK
 "#;
 
-fn run_script(name: &str, body: &str) {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("{name}: skipped: needs root (ptrace, namespaces)");
-        return;
+fn run_script(name: &str, body: &str) -> Result<(), Failed> {
+    tests::script::Script {
+        name,
+        prefix: "unix",
+        body: format!("{PRELUDE}\n{body}"),
+        unshare: &[],
+        env: Vec::new(),
+        timeout_s: 120,
     }
-    let vzcpt = tests::paths::vzcpt().expect("vzcpt binary");
-    let work = tests::paths::profile_dir()
-        .join("test-work")
-        .join(format!("unix-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&work);
-    std::fs::create_dir_all(&work).expect("work dir");
-    let out = Command::new("timeout")
-        .args([
-            "120",
-            "unshare",
-            "--pid",
-            "--fork",
-            "--mount-proc",
-            "--kill-child",
-        ])
-        .args(["bash", "-c", &format!("{PRELUDE}\n{body}")])
-        .env("VZCPT", &vzcpt)
-        .env("WORK", &work)
-        .output()
-        .expect("run bash");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success() && text.lines().any(|l| l == "OK"),
-        "{name}: {}\n{text}",
-        out.status
-    );
-    let _ = std::fs::remove_dir_all(&work);
+    .run()
+    .map_err(Failed::from)
 }
 
-#[test]
-fn descriptors_in_flight_are_refused() {
-    run_script("scm-rights", SCM_RIGHTS);
-}
-
-#[test]
-fn peers_outside_the_tree_are_refused() {
-    run_script("outside-peers", OUTSIDE_PEERS);
-}
-
-#[test]
-fn data_on_an_unaccepted_connection_is_refused() {
-    run_script("unaccepted-data", UNACCEPTED_DATA);
+fn main() {
+    let args = Arguments::from_args();
+    let skip = (!nix::unistd::geteuid().is_root()).then_some("needs root (ptrace, namespaces)");
+    let scripts: [(&str, &str); 3] = [
+        ("descriptors_in_flight_are_refused", SCM_RIGHTS),
+        ("peers_outside_the_tree_are_refused", OUTSIDE_PEERS),
+        (
+            "data_on_an_unaccepted_connection_is_refused",
+            UNACCEPTED_DATA,
+        ),
+    ];
+    let trials = scripts
+        .into_iter()
+        .map(|(name, body)| {
+            if let Some(r) = skip {
+                eprintln!("{name}: ignored: {r}");
+            }
+            Trial::test(name, move || run_script(name, body)).with_ignored_flag(skip.is_some())
+        })
+        .collect();
+    libtest_mimic::run(&args, trials).exit();
 }
