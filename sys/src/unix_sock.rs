@@ -191,39 +191,14 @@ fn parse_one(msg: &[u8]) -> Result<UnixDiag> {
     Ok(d)
 }
 
-/// `getsockopt(2)` of an `int` option.
+/// `getsockopt(2)` of an `int` option (see [`crate::net::get_int`]).
 pub fn getsockopt_int(fd: impl AsFd, level: i32, opt: i32) -> Result<i32> {
-    let mut v: libc::c_int = 0;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: the kernel writes at most `len` (4) bytes into `v` and updates `len`; the fd
-    // is borrowed for the call.
-    let r = unsafe {
-        libc::getsockopt(
-            fd.as_fd().as_raw_fd(),
-            level,
-            opt,
-            (&mut v as *mut libc::c_int).cast(),
-            &mut len,
-        )
-    };
-    Errno::result(r).map_err(sys_err("getsockopt"))?;
-    Ok(v)
+    crate::net::get_int(fd, level, opt, "getsockopt")
 }
 
-/// `setsockopt(2)` of an `int` option.
+/// `setsockopt(2)` of an `int` option (see [`crate::net::set_int`]).
 pub fn setsockopt_int(fd: impl AsFd, level: i32, opt: i32, v: i32) -> Result<()> {
-    // SAFETY: the kernel reads 4 bytes from `v`, which lives for the call.
-    let r = unsafe {
-        libc::setsockopt(
-            fd.as_fd().as_raw_fd(),
-            level,
-            opt,
-            (&v as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    Errno::result(r).map_err(sys_err("setsockopt"))?;
-    Ok(())
+    crate::net::set_int(fd, level, opt, v, "setsockopt")
 }
 
 /// `accept4(2)` with `SOCK_CLOEXEC`: the next connection waiting on listener `fd`.
