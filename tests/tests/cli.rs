@@ -178,6 +178,25 @@ printed=$("$VZCPT" restore -D "$WORK/img" --detach --pidfile "$WORK/pidfile") ||
 echo OK
 "#;
 
+/// A dump into a file system that fills up (a 2 MiB tmpfs, for 16 MiB of memory) fails with
+/// a clear error, leaves no partial image and the process running as it was.
+const DUMP_TO_FULL_FS: &str = r#"
+mkdir "$WORK/small"
+mount -t tmpfs -o size=2m tmpfs "$WORK/small" || fail "mount a small tmpfs"
+python3 -c 'import time; b = bytearray(b"x" * (16 << 20)); time.sleep(1000)' &
+P=$!
+sleep 0.5
+out=$("$VZCPT" dump -t $P -D "$WORK/small/img" 2>&1) && fail "a dump into a full file system succeeded"
+echo "$out" | grep -qi "no space" || fail "the error does not say the disk is full: $out"
+[ -z "$(ls -A $WORK/small)" ] || fail "a partial image was left: $(ls -A $WORK/small)"
+kill -0 $P || fail "the process died"
+[ "$(state $P)" = S ] || fail "the process is in state $(state $P)"
+[ "$(field $P TracerPid)" = 0 ] || fail "the process is still traced"
+kill $P; wait $P 2>/dev/null
+umount "$WORK/small"
+echo OK
+"#;
+
 /// `vzcpt check` lists every facility the engine uses, present or missing, as text and JSON.
 const CHECK_LISTS_FACILITIES: &str = r#"
 "$VZCPT" check --json > "$WORK/check.json" || fail "check --json exited $?"
@@ -292,6 +311,11 @@ fn main() {
             None,
         ),
         ("check_lists_each_facility", CHECK_LISTS_FACILITIES, None),
+        (
+            "dump_to_a_full_file_system_fails_cleanly",
+            DUMP_TO_FULL_FS,
+            None,
+        ),
         (
             "private_file_mapping_stores_only_modified_pages",
             PRIVATE_FILE_ONLY_MODIFIED,

@@ -477,6 +477,26 @@ vz exec 112 ip -o addr show dev eth0 | grep -q '10.99.5.2/24' || fail "address a
 echo OK
 "#;
 
+/// A restore that hits the VE's memory limit (lowered after the checkpoint) fails with an
+/// error that says so, leaves nothing running and keeps the image; with the limit raised it
+/// succeeds.
+const MEMORY_LIMIT: &str = r#"
+vz create 113 --command 'exec python3 -c "import time; b = bytearray(b\"x\" * (96 << 20)); open(\"/tmp/ready\", \"w\"); time.sleep(100000)"' || fail "create"
+vz start 113 || fail "start"
+until_true 20 vz exec 113 test -e /tmp/ready || fail "not ready"
+vz chkpnt 113 || fail "chkpnt"
+vz set 113 --memory 32M --save || fail "set --memory"
+out=$(vz restore 113 2>&1) && fail "a restore over the memory limit succeeded"
+echo "$out" | grep -q "memory limit" || fail "the error does not name the memory limit: $out"
+status_is 113 dumped || fail "status after the failed restore: $(vz status 113)"
+[ -d "/sys/fs/cgroup/unified/$VZ_CGROUP/113" ] && fail "the failed restore left the cgroup"
+pgrep -x python3 >/dev/null && fail "the failed restore left a process"
+vz set 113 --memory 512M --save || fail "raise the limit"
+vz restore 113 || fail "restore with room"
+vz exec 113 test -e /tmp/ready || fail "the VE after its restore"
+echo OK
+"#;
+
 fn main() {
     tests::ve_harness::run_trials(vec![
         ("lifecycle_verbs_and_refusals", LIFECYCLE.to_string()),
@@ -491,5 +511,9 @@ fn main() {
         ("network_links_addresses_routes_kept", NETWORK.to_string()),
         ("inotify_on_overlay_and_tmpfs", INOTIFY.to_string()),
         ("network_bridge_mode", BRIDGE.to_string()),
+        (
+            "restore_over_the_memory_limit_fails_cleanly",
+            MEMORY_LIMIT.to_string(),
+        ),
     ])
 }

@@ -113,6 +113,24 @@ impl VeCgroups {
         Ok(())
     }
 
+    /// How many of the VE's tasks the kernel's OOM killer has killed (its memory limit hit).
+    pub fn oom_kills(&self) -> u64 {
+        let count = |dir: &Path, file: &str| {
+            std::fs::read_to_string(dir.join(file))
+                .unwrap_or_default()
+                .lines()
+                .find_map(|l| l.strip_prefix("oom_kill "))
+                .and_then(|n| n.trim().parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        let v2 = self.v2().map(|d| count(d, "memory.events")).unwrap_or(0);
+        let v1 = self
+            .v1("memory")
+            .map(|d| count(d, "memory.oom_control"))
+            .unwrap_or(0);
+        v2 + v1
+    }
+
     /// Host PIDs of every process in the VE.
     pub fn procs(&self) -> Vec<i32> {
         let Ok(v2) = self.v2() else { return Vec::new() };

@@ -421,6 +421,17 @@ pub fn restore(layout: &Layout, ctid: u32, dumpfile: Option<&Path>) -> Result<rs
         let _ = std::process::Command::new("ip")
             .args(["link", "del", &net::host_if(ctid)])
             .output();
+        // A process the OOM killer took says little by itself ("no such process").
+        if setup.cgroups.oom_kills() > 0 {
+            return VeError::Failed {
+                ctid,
+                what: format!(
+                    "restore failed: the VE's memory limit ({}) was hit: {source}",
+                    cfg.memory
+                        .map_or("none set".to_string(), |m| format!("{m} bytes"))
+                ),
+            };
+        }
         VeError::Restore { ctid, source }
     })?;
     setup.keep();
