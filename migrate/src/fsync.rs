@@ -1,9 +1,9 @@
 //! The VE's private area (its overlay's writable layer) sent as `FsFile` messages and written
 //! again on the destination. Overlayfs's own marks travel too: whiteouts are character
 //! devices 0:0 and opaque directories carry `trusted.overlay.*` extended attributes.
-//! Hard links arrive as separate copies; modification times are not kept; a second pass
-//! (after the checkpoint) rewrites every entry, but does not remove what was deleted since
-//! the first.
+//! Hard links arrive as separate copies; modification times are not kept. A second pass
+//! (after the checkpoint) sends only what changed since the first ([`delta`]) and what was
+//! removed.
 
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
@@ -119,6 +119,18 @@ fn target(root: &Path, path: &[u8]) -> Result<PathBuf> {
 /// must be a real directory. With `overwrite` (a later pass), what is there is replaced.
 pub fn apply(root: &Path, f: &FsFile, overwrite: bool) -> Result<()> {
     let path = target(root, &f.path)?;
+    if f.kind == FsKind::Removed {
+        // Its parent may be gone already (removed with it).
+        if let Ok(m) = std::fs::symlink_metadata(&path) {
+            let r = if m.is_dir() {
+                std::fs::remove_dir_all(&path)
+            } else {
+                std::fs::remove_file(&path)
+            };
+            r.map_err(io("remove", &path))?;
+        }
+        return Ok(());
+    }
     if overwrite && f.offset == 0 {
         if let Ok(m) = std::fs::symlink_metadata(&path) {
             if m.is_dir() && f.kind == FsKind::Dir {
@@ -182,10 +194,7 @@ pub fn apply(root: &Path, f: &FsFile, overwrite: bool) -> Result<()> {
             )
             .map_err(|e| io("mknod", &path)(e.into()))?;
         }
-        FsKind::Removed => {
-            let _ = std::fs::remove_file(&path).or_else(|_| std::fs::remove_dir_all(&path));
-            return Ok(());
-        }
+        FsKind::Removed => return Ok(()),
     }
     if f.offset > 0 {
         return Ok(());
@@ -209,4 +218,147 @@ pub fn apply(root: &Path, f: &FsFile, overwrite: bool) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// What identifies an entry's state between two passes.
+fn signature(f: &FsFile) -> (FsKind, u32, u32, u32, i64, u64) {
+    (f.kind.clone(), f.mode, f.uid, f.gid, f.mtime_ns, f.size)
+}
+
+/// The messages of a second walk that differ from the first: entries new or changed (every
+/// chunk of a changed file), then `Removed` for entries gone since.
+pub fn delta(first: &[Message], second: Vec<Message>) -> Vec<Message> {
+    use std::collections::{HashMap, HashSet};
+    let before: HashMap<&[u8], _> = first
+        .iter()
+        .filter_map(|m| match m {
+            Message::FsFile(f) if f.offset == 0 => Some((f.path.as_slice(), signature(f))),
+            _ => None,
+        })
+        .collect();
+    let mut seen: HashSet<Vec<u8>> = HashSet::new();
+    let mut changed: HashSet<Vec<u8>> = HashSet::new();
+    for m in &second {
+        if let Message::FsFile(f) = m {
+            if f.offset == 0 {
+                seen.insert(f.path.clone());
+                if before.get(f.path.as_slice()) != Some(&signature(f)) {
+                    changed.insert(f.path.clone());
+                }
+            }
+        }
+    }
+    let mut out: Vec<Message> = second
+        .into_iter()
+        .filter(|m| matches!(m, Message::FsFile(f) if changed.contains(&f.path)))
+        .collect();
+    for path in before.keys().filter(|p| !seen.contains(**p)) {
+        out.push(Message::FsFile(FsFile {
+            path: path.to_vec(),
+            kind: FsKind::Removed,
+            mode: 0,
+            uid: 0,
+            gid: 0,
+            mtime_ns: 0,
+            xattrs: Vec::new(),
+            size: 0,
+            offset: 0,
+            data: Vec::new(),
+        }));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn second_pass_sends_changes_and_removals_only() {
+        let src = tempfile::tempdir().unwrap();
+        let dst = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(src.path().join("d/e")).unwrap();
+        std::fs::write(src.path().join("d/same"), "same").unwrap();
+        std::fs::write(src.path().join("d/e/gone"), "x").unwrap();
+        std::fs::write(src.path().join("grows"), "1").unwrap();
+        std::os::unix::fs::symlink("d/same", src.path().join("link")).unwrap();
+        let mut first = Vec::new();
+        walk(src.path(), &mut |m| {
+            first.push(m);
+            Ok(())
+        })
+        .unwrap();
+        for m in &first {
+            let Message::FsFile(f) = m else {
+                unreachable!()
+            };
+            apply(dst.path(), f, false).unwrap();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        std::fs::write(src.path().join("grows"), "12345").unwrap();
+        std::fs::remove_dir_all(src.path().join("d/e")).unwrap();
+        std::fs::write(src.path().join("new"), "n").unwrap();
+        let mut second = Vec::new();
+        walk(src.path(), &mut |m| {
+            second.push(m);
+            Ok(())
+        })
+        .unwrap();
+        let d = delta(&first, second);
+        let paths: Vec<String> = d
+            .iter()
+            .map(|m| match m {
+                Message::FsFile(f) => format!("{:?} {}", f.kind, String::from_utf8_lossy(&f.path)),
+                _ => String::new(),
+            })
+            .collect();
+        assert!(paths.iter().any(|p| p == "File grows"), "{paths:?}");
+        assert!(paths.iter().any(|p| p == "File new"), "{paths:?}");
+        assert!(paths.iter().any(|p| p == "Removed d/e"), "{paths:?}");
+        assert!(
+            !paths
+                .iter()
+                .any(|p| p.ends_with(" d/same") || p.ends_with(" link")),
+            "{paths:?}"
+        );
+        for m in &d {
+            let Message::FsFile(f) = m else {
+                unreachable!()
+            };
+            apply(dst.path(), f, true).unwrap();
+        }
+        assert_eq!(
+            std::fs::read_to_string(dst.path().join("grows")).unwrap(),
+            "12345"
+        );
+        assert_eq!(
+            std::fs::read_to_string(dst.path().join("new")).unwrap(),
+            "n"
+        );
+        assert!(!dst.path().join("d/e").exists());
+        assert_eq!(
+            std::fs::read_link(dst.path().join("link")).unwrap(),
+            Path::new("d/same")
+        );
+    }
+
+    #[test]
+    fn paths_that_leave_the_area_are_refused() {
+        let dst = tempfile::tempdir().unwrap();
+        for bad in [&b"../x"[..], b"/etc/passwd", b"a/../../x", b""] {
+            let f = FsFile {
+                path: bad.to_vec(),
+                kind: FsKind::Dir,
+                mode: 0o755,
+                uid: 0,
+                gid: 0,
+                mtime_ns: 0,
+                xattrs: Vec::new(),
+                size: 0,
+                offset: 0,
+                data: Vec::new(),
+            };
+            assert!(apply(dst.path(), &f, false).is_err(), "{bad:?}");
+        }
+    }
 }

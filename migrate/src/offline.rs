@@ -174,9 +174,10 @@ pub async fn migrate(
         msgs.push(m);
         Ok(())
     })?;
-    for m in msgs {
-        send!(m);
+    for m in &msgs {
+        send!(m.clone());
     }
+    let first_pass = msgs;
     send!(Message::FsDone(FsDone { files, bytes }));
     report.fs_files = files;
     report.fs_bytes = bytes;
@@ -195,13 +196,18 @@ pub async fn migrate(
     }
     // From here until the commit, a failure restores the VE here from its image.
     let outcome: Result<(u64, u64)> = async {
-        // The private area again, now that the VE is stopped: what changed is written over.
+        // The private area again, now that the VE is stopped: only what changed since.
         let mut msgs = Vec::new();
-        let (f, b) = fsync::walk(&private, &mut |m| {
+        fsync::walk(&private, &mut |m| {
             msgs.push(m);
             Ok(())
         })?;
-        for m in msgs {
+        let changes = fsync::delta(&first_pass, msgs);
+        let (f, mut b) = (changes.len() as u64, 0u64);
+        for m in changes {
+            if let Message::FsFile(ff) = &m {
+                b += ff.data.len() as u64;
+            }
             send!(m);
         }
         send!(Message::FsDone(FsDone { files: f, bytes: b }));
