@@ -119,6 +119,21 @@ fn refused(
     Ok(())
 }
 
+/// Rewrites record `T` of the image in `dir` after `change`, with a valid header and checksum:
+/// a crafted image, not a damaged one.
+fn craft<T: images_format::Image>(dir: &Path, change: impl Fn(&mut T)) -> std::io::Result<()> {
+    let other = |e: images_format::FormatError| std::io::Error::other(e.to_string());
+    let img = images_format::ImageDir::open(dir).map_err(other)?;
+    let mut rec: T = img.read().map_err(other)?;
+    change(&mut rec);
+    let payload = images_format::encode(&rec).map_err(other)?;
+    let mut bytes = images_format::FileHeader::new(T::KIND, &payload)
+        .to_bytes()
+        .to_vec();
+    bytes.extend_from_slice(&payload);
+    std::fs::write(dir.join(T::KIND.file_name()), bytes)
+}
+
 fn main() {
     let args = Arguments::from_args();
     let root = nix::unistd::geteuid().is_root();
@@ -180,6 +195,79 @@ fn main() {
         }),
         Trial::test("missing_record_file", || {
             refused("no-mm", |d| std::fs::remove_file(d.join("mm")), "mm")
+        }),
+        // Crafted records: well-formed files with hostile contents.
+        Trial::test("crafted_overlapping_areas", || {
+            use images_format::mm::MmImage;
+            refused(
+                "overlap",
+                |d| {
+                    craft::<MmImage>(d, |m| {
+                        let v = m.processes[0].vmas[1].clone();
+                        let mut w = v.clone();
+                        w.start = v.start + 4096;
+                        w.end = v.end + 4096;
+                        m.processes[0].vmas.insert(2, w);
+                    })
+                },
+                "overlap",
+            )
+        }),
+        Trial::test("crafted_kernel_range_area", || {
+            use images_format::mm::MmImage;
+            refused(
+                "kernel-area",
+                |d| {
+                    craft::<MmImage>(d, |m| {
+                        let mut v = m.processes[0].vmas.last().cloned().unwrap();
+                        v.start = 0xffff_8000_0000_0000;
+                        v.end = 0xffff_8000_0001_0000;
+                        m.processes[0].vmas.push(v);
+                    })
+                },
+                "kernel range",
+            )
+        }),
+        Trial::test("crafted_duplicate_pid", || {
+            use images_format::pstree::PstreeImage;
+            refused(
+                "dup-pid",
+                |d| {
+                    craft::<PstreeImage>(d, |t| {
+                        let mut p = t.processes[0].clone();
+                        p.ppid = p.pid;
+                        t.processes.push(p);
+                    })
+                },
+                "twice",
+            )
+        }),
+        Trial::test("crafted_pid_out_of_range", || {
+            use images_format::pstree::PstreeImage;
+            refused(
+                "bad-pid",
+                |d| {
+                    craft::<PstreeImage>(d, |t| {
+                        t.root_pid = 1 << 30;
+                        t.processes[0].pid = 1 << 30;
+                    })
+                },
+                "out of range",
+            )
+        }),
+        Trial::test("crafted_pages_past_the_store", || {
+            use images_format::mm::PagemapImage;
+            refused(
+                "pages-past-store",
+                |d| {
+                    craft::<PagemapImage>(d, |p| {
+                        if let Some(e) = p.entries.first_mut() {
+                            e.loc.chunk = 999;
+                        }
+                    })
+                },
+                "chunk",
+            )
         }),
     ];
     if !root {
