@@ -331,11 +331,20 @@ struct Incoming<'a> {
     committed: bool,
 }
 
+/// The mark of a migration under way into this host (see [`listen`]).
+fn incoming_mark(layout: &Layout, ctid: u32) -> PathBuf {
+    Identity::dir(&layout.vz_dir)
+        .join("incoming")
+        .join(ctid.to_string())
+}
+
 impl Drop for Incoming<'_> {
     fn drop(&mut self) {
         let Some(ctid) = self.ctid else { return };
+        let mark = incoming_mark(self.layout, ctid);
         if self.committed {
             let _ = std::fs::remove_dir_all(self.layout.dump(ctid).with_extension("incoming"));
+            let _ = std::fs::remove_file(&mark);
             return;
         }
         let id = ctid.to_string();
@@ -346,6 +355,7 @@ impl Drop for Incoming<'_> {
             let _ = std::fs::remove_dir_all(self.layout.private(ctid));
             let _ = std::fs::remove_file(self.layout.conf(ctid));
         }
+        let _ = std::fs::remove_file(&mark);
         tracing::warn!(
             ctid,
             "migration not committed: the destination's copy is removed"
@@ -434,6 +444,16 @@ pub async fn receive(layout: &Layout, conn: quinn::Connection) -> Result<u32> {
         return Err(MigrateError::Aborted(format!("VE {} refused", req.ctid)));
     }
     let ctid = req.ctid;
+    // A daemon killed mid-migration leaves this mark: its next start removes the VE.
+    let mark = incoming_mark(layout, ctid);
+    if let Some(d) = mark.parent() {
+        let _ = std::fs::create_dir_all(d);
+    }
+    std::fs::write(&mark, "").map_err(|source| MigrateError::Io {
+        op: "write",
+        path: mark.clone(),
+        source,
+    })?;
     incoming.ctid = Some(ctid);
     let id = ctid.to_string();
     match expect(&mut rx).await? {
@@ -548,8 +568,26 @@ fn toml_free_parse(text: &str) -> Result<ve::VeConfig> {
     r
 }
 
+/// Removes what migrations interrupted by a crash of this daemon left (their marks say which
+/// VEs): none of them was committed, so their sources still have them.
+fn clean_interrupted(layout: &Layout) {
+    let dir = Identity::dir(&layout.vz_dir).join("incoming");
+    for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+        let Some(ctid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        eprintln!("vzmigrate: removing VE {ctid}, left by a migration that never committed");
+        drop(Incoming {
+            layout,
+            ctid: Some(ctid),
+            committed: false,
+        });
+    }
+}
+
 /// The destination daemon: accepts trusted sources one connection at a time, for ever.
 pub async fn listen(layout: &Layout, addr: SocketAddr) -> Result<()> {
+    clean_interrupted(layout);
     let dir = Identity::dir(&layout.vz_dir);
     let me = Identity::load(&dir)?;
     let ep = transport::server(addr, &me, Trust::load(&dir)?)?;

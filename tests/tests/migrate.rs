@@ -19,7 +19,9 @@ fb=$(b "$BIN/vzmigrate" keygen) || fail "keygen B"
 "$BIN/vzmigrate" trust "$fb" || fail "trust B"
 b "$BIN/vzmigrate" trust "$fa" || fail "trust A"
 "$BIN/vzmigrate" trust nonsense 2>/dev/null && fail "a bad fingerprint was accepted"
-on_b "$BIN/vzmigrate" --listen 10.98.0.2:4422 > "$WORK/daemon.log" 2>&1 &
+# Not through on_b: a function in the background is a subshell, and $! would be its PID.
+nsenter --net=/proc/$HB/ns/net env VZ_DIR="$VB" VZ_CGROUP="$CGB" "$BIN/vzmigrate" --listen 10.98.0.2:4422 > "$WORK/daemon.log" 2>&1 &
+DAEMON=$!
 sleep 0.5
 "#;
 
@@ -81,6 +83,35 @@ kill -0 %1 2>/dev/null || true
 echo OK
 "#;
 
+/// The destination daemon is killed in the middle of a migration: the VE runs on the source
+/// as before; the daemon's next start removes what had arrived; a new migration succeeds.
+const DESTINATION_KILLED: &str = r#"
+vz create 122 --command "$LOOP" || fail "create"
+mkdir -p "$VZ_DIR/private/122/upper/root"
+head -c 200M /dev/urandom > "$VZ_DIR/private/122/upper/root/big" || fail "big file"
+vz start 122 || fail "start"
+until_true 10 vz exec 122 test -s /tmp/count || fail "the loop does not run"
+"$BIN/vzmigrate" 10.98.0.2 122 > "$WORK/m.out" 2>&1 &
+M=$!
+until_true 20 test -e "$VB/migrate/incoming/122" || fail "the migration does not start: $(cat $WORK/m.out)"
+kill -9 $DAEMON
+wait $M && fail "the migration succeeded without its destination"
+echo "source: $(cat $WORK/m.out)"
+status_is 122 running || fail "VE 122 on the source after the destination died: $(vz status 122)"
+last=$(tail -n1 "$VZ_DIR/private/122/upper/root/log")
+until_true 5 sh -c "[ \$(tail -n1 $VZ_DIR/private/122/upper/root/log) -gt $last ]" || fail "the VE does not go on on the source"
+[ -e "$VB/conf/122.conf" ] || echo "(nothing of VE 122 had arrived on B)"
+on_b "$BIN/vzmigrate" --listen 10.98.0.2:4422 > "$WORK/daemon2.log" 2>&1 &
+until_true 10 sh -c "[ ! -e $VB/migrate/incoming/122 ]" || fail "the restarted daemon did not clean up: $(cat $WORK/daemon2.log)"
+[ "$(b "$BIN/vzctl" status 122)" = "VE 122 absent" ] || fail "VE 122 left on B: $(b "$BIN/vzctl" status 122)"
+[ -e "$VB/private/122" ] && fail "the private area of VE 122 was left on B"
+"$BIN/vzmigrate" 10.98.0.2 122 || fail "the migration after the daemon's restart: $(cat $WORK/daemon2.log)"
+[ "$(b "$BIN/vzctl" status 122)" = "VE 122 running" ] || fail "VE 122 on B after the second try"
+cmp "$VB/private/122/upper/root/big" "$VZ_DIR/private/122/upper/root/big" 2>/dev/null
+status_is 122 absent || fail "VE 122 still on A"
+echo OK
+"#;
+
 fn main() {
     tests::ve_harness::run_trials(vec![
         (
@@ -90,6 +121,10 @@ fn main() {
         (
             "migrate_refusals_leave_the_ve_running",
             format!("{TWO_HOSTS}\n{REFUSALS}"),
+        ),
+        (
+            "migrate_destination_killed_midway",
+            format!("{TWO_HOSTS}\n{DESTINATION_KILLED}"),
         ),
     ])
 }
