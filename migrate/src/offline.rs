@@ -100,11 +100,15 @@ fn unexpected(m: &Message, wanted: &str) -> MigrateError {
 }
 
 /// The source side: moves running VE `ctid` to `dest`.
+/// Told of the progress of a migration: the phase, bytes done and bytes in that phase.
+pub type Progress<'a> = &'a dyn Fn(&str, u64, u64);
+
 pub async fn migrate(
     layout: &Layout,
     ctid: u32,
     dest: SocketAddr,
     keep_src: bool,
+    progress: Progress<'_>,
 ) -> Result<Report> {
     let t0 = Instant::now();
     let vzctl_bin = vzctl_path();
@@ -174,8 +178,12 @@ pub async fn migrate(
         msgs.push(m);
         Ok(())
     })?;
+    let area_total: u64 = msgs.iter().map(data_len).sum();
+    let mut area_done = 0;
     for m in &msgs {
+        area_done += data_len(m);
         send!(m.clone());
+        progress("private area", area_done, area_total);
     }
     let first_pass = msgs;
     send!(Message::FsDone(FsDone { files, bytes }));
@@ -203,12 +211,15 @@ pub async fn migrate(
             Ok(())
         })?;
         let changes = fsync::delta(&first_pass, msgs);
-        let (f, mut b) = (changes.len() as u64, 0u64);
+        let (f, total) = (
+            changes.len() as u64,
+            changes.iter().map(data_len).sum::<u64>(),
+        );
+        let mut b = 0;
         for m in changes {
-            if let Message::FsFile(ff) = &m {
-                b += ff.data.len() as u64;
-            }
+            b += data_len(&m);
             send!(m);
+            progress("changes since", b, total);
         }
         send!(Message::FsDone(FsDone { files: f, bytes: b }));
         let mut image_bytes = 0u64;
@@ -241,6 +252,7 @@ pub async fn migrate(
                     offset: (i * CHUNK) as u64,
                     data: piece.to_vec(),
                 }));
+                progress("image", (i * CHUNK + piece.len()) as u64, data.len() as u64);
             }
         }
         send!(Message::FinalState(FinalState { records }));
@@ -305,6 +317,14 @@ pub async fn migrate(
     report.wire_bytes = wire_now + 16;
     report.total_ms = t0.elapsed().as_secs_f64() * 1000.0;
     Ok(report)
+}
+
+/// Bytes of file data a message carries.
+fn data_len(m: &Message) -> u64 {
+    match m {
+        Message::FsFile(f) => f.data.len() as u64,
+        _ => 0,
+    }
 }
 
 fn du(dir: &Path) -> u64 {

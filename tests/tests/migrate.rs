@@ -25,8 +25,9 @@ DAEMON=$!
 sleep 0.5
 "#;
 
-/// A VE running a shell loop moves from A to B: it runs on B from where it was (memory,
-/// /tmp, its private area), is gone from A, and moves back; the figures are printed as JSON.
+/// A VE running a shell loop moves from A to B and back, five times: each time it runs on the
+/// other host from where it was (memory, /tmp, its private area) and is gone from the first;
+/// the figures are printed as JSON.
 const MIGRATE_BACK_AND_FORTH: &str = r#"
 # A runs a daemon too, for the way back.
 "$BIN/vzmigrate" --listen 10.98.0.1:4422 > "$WORK/daemon-a.log" 2>&1 &
@@ -40,7 +41,7 @@ check_runs_on() { # DIR NAME: VE 120 runs there, from where it was
     awk 'NR != $1 { bad = 1 } END { exit bad }' "$dir/private/120/upper/root/log" || fail "the log has a gap or restarted ($dir)"
     [ "$(cat "$dir/private/120/upper/root/note")" = private ] || fail "the private area did not move ($dir)"
 }
-for trip in 1 2; do
+for trip in 1 2 3 4 5; do
     last=$(tail -n1 "$VZ_DIR/private/120/upper/root/log")
     out=$("$BIN/vzmigrate" --json 10.98.0.2 120 2>&1) || fail "migrate A->B (trip $trip): $out $(cat $WORK/daemon.log)"
     echo "trip $trip A->B: $out"

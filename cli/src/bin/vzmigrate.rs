@@ -100,12 +100,35 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
     if cli.online {
         anyhow::bail!("online migration (memory pre-copy) is not implemented yet; migrate offline (without --online)");
     }
-    let report = rt.block_on(migrate::offline::migrate(
+    // A bar on a terminal (indicatif draws nothing when stderr is not one), none with --json.
+    let bar = if cli.json {
+        indicatif::ProgressBar::hidden()
+    } else {
+        indicatif::ProgressBar::new(0)
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{msg:>14} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    let progress = |phase: &str, done: u64, total: u64| {
+        if bar.message() != phase {
+            bar.set_message(phase.to_string());
+        }
+        bar.set_length(total);
+        bar.set_position(done);
+    };
+    let result = rt.block_on(migrate::offline::migrate(
         &layout,
         ctid,
         addr(&dest)?,
         cli.keep_src,
-    ))?;
+        &progress,
+    ));
+    bar.finish_and_clear();
+    let report = result?;
     if cli.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
