@@ -27,6 +27,11 @@ out=$(printf 'hostname\nexit 5\n' | vz enter 101 2>/dev/null); rc=$?
 echo "$out" | grep -qx web1 || fail "enter: the shell does not run in the VE: $out"
 # Its own /dev, /tmp and loopback; programs of the host run.
 vz exec 101 sh -c 'echo x > /dev/null && [ -c /dev/urandom ] && [ -d /dev/pts ] && [ -k /tmp ]' || fail "/dev or /tmp"
+vz exec 101 sh -c '[ -c /dev/zero ] && [ -c /dev/full ] && [ -c /dev/random ] && [ -c /dev/tty ] && [ -L /dev/ptmx ] && [ -c /dev/pts/ptmx ]' || fail "the minimal /dev: $(vz exec 101 ls -l /dev)"
+for m in /proc /sys /dev /dev/pts /tmp /run; do vz exec 101 mountpoint -q $m || fail "$m is not a mount of its own in the VE"; done
+# exec joins the VE's cgroups (v2 and every v1 hierarchy).
+vz exec 101 cat /proc/self/cgroup | grep -q "^0::/$VZ_CGROUP/101\$" || fail "exec is not in the VE's cgroup v2: $(vz exec 101 cat /proc/self/cgroup)"
+vz exec 101 cat /proc/self/cgroup | grep -q ":memory:/$VZ_CGROUP/101\$" || fail "exec is not in the VE's memory cgroup"
 vz exec 101 python3 -c 'import socket; s = socket.create_connection' || fail "python3 does not run in the VE"
 vz exec 101 cat /proc/net/dev | grep -q 'lo:' || fail "no loopback in the VE"
 [ "$(vz exec 101 cat /proc/net/dev | grep -c ':')" = 1 ] || fail "the VE sees more links than lo"
@@ -85,6 +90,7 @@ until_true 5 vz exec 102 test -s /tmp/count || fail "the loop does not run"
 # every 50 ms: those come and go).
 long_lived() { vz exec 102 ps -eo pid=,ppid=,comm= | awk '$2 <= 1 && $3 != "ps" { print $1, $3 }' | sort; }
 pids_before=$(long_lived)
+vz exec 102 python3 -c 'import ctypes; assert ctypes.CDLL(None).setdomainname(b"example.org", 11) == 0' || fail "setdomainname"
 for round in 1 2 3 4 5 6 7 8 9 10; do
     vz chkpnt 102 || fail "chkpnt round $round"
     status_is 102 dumped || fail "status after chkpnt round $round: $(vz status 102)"
@@ -98,6 +104,7 @@ for round in 1 2 3 4 5 6 7 8 9 10; do
     count=$(vz exec 102 cat /tmp/count)
     [ "$count" -gt "$last" ] || fail "/tmp/count $count is not past $last (round $round)"
     [ "$(vz exec 102 hostname)" = loop1 ] || fail "hostname lost (round $round)"
+    [ "$(vz exec 102 cat /proc/sys/kernel/domainname)" = example.org ] || fail "domain name lost (round $round)"
     pids=$(long_lived)
     [ "$pids" = "$pids_before" ] || fail "PIDs changed: [$pids_before] -> [$pids]"
 done
@@ -274,11 +281,15 @@ PY
 vz start 107 || fail "start"
 until_true 10 vz exec 107 test -e /tmp/ready || fail "the IPC workload does not get ready"
 vz exec 107 ipcs | grep -q 0x00001234 || fail "ipcs in the VE does not show the segment"
+vz exec 107 sh -c 'echo 32768 > /proc/sys/kernel/msgmnb && echo 100 > /proc/sys/fs/mqueue/msg_max' || fail "set the VE's IPC sysctls"
 vz exec 107 test -e /dev/mqueue/vzq || fail "the POSIX queue is not in the VE's mqueue mount"
 ipcs -m | grep -q 0x00001234 && fail "the VE's segment is in the host's IPC namespace"
 vz chkpnt 107 || fail "chkpnt"
 "$BIN/vzcpt" show -D "$VZ_DIR/dump/107" | grep -q '^== ipc' || fail "the image has no ipc record"
 vz restore 107 || fail "restore"
+[ "$(vz exec 107 cat /proc/sys/kernel/msgmnb)" = 32768 ] || fail "kernel.msgmnb of the VE lost"
+[ "$(vz exec 107 cat /proc/sys/fs/mqueue/msg_max)" = 100 ] || fail "fs.mqueue.msg_max of the VE lost"
+[ "$(cat /proc/sys/kernel/msgmnb)" = 32768 ] && fail "the VE's sysctl leaked to the host"
 vz exec 107 touch /tmp/check || fail "exec"
 until_true 10 vz exec 107 test -e /tmp/result || fail "no result"
 res=$(vz exec 107 cat /tmp/result)
@@ -497,6 +508,30 @@ vz exec 113 test -e /tmp/ready || fail "the VE after its restore"
 echo OK
 "#;
 
+/// `--root DIR`: the VE runs on a root of its own (here a minimal one: dash, sleep and their
+/// libraries) instead of the host's, with its changes in the private area; it checkpoints and
+/// restores like any VE.
+const OWN_ROOT: &str = r#"
+R="$WORK/rootfs"
+mkdir -p "$R/bin" "$R/lib/x86_64-linux-gnu" "$R/lib64" "$R/root" "$R/etc"
+cp /bin/dash "$R/bin/sh" && cp /bin/sleep "$R/bin/sleep" || fail "copy programs"
+cp /lib/x86_64-linux-gnu/libc.so.6 /lib/x86_64-linux-gnu/libgcc_s.so.1 "$R/lib/x86_64-linux-gnu/" || fail "copy libraries"
+cp /lib64/ld-linux-x86-64.so.2 "$R/lib64/" || fail "copy the loader"
+echo own-root > "$R/marker"
+vz create 114 --root "$R" --command 'i=0; while :; do i=$((i+1)); echo $i >> /root/log; sleep 0.05; done' || fail "create --root"
+vz start 114 || fail "start"
+until_true 10 test -s "$VZ_DIR/private/114/upper/root/log" || fail "the VE on its own root does not run"
+[ "$(vz exec 114 sh -c 'read x < /marker; echo $x')" = own-root ] || fail "the VE does not see its root"
+vz exec 114 sh -c '[ ! -e /usr/bin/python3 ]' || fail "the VE sees the host's files"
+[ -e "$R/root/log" ] && fail "the VE wrote into its base instead of its private area"
+last=$(tail -n1 "$VZ_DIR/private/114/upper/root/log")
+vz chkpnt 114 || fail "chkpnt"
+vz restore 114 || fail "restore"
+until_true 5 sh -c "[ \$(tail -n1 $VZ_DIR/private/114/upper/root/log) -gt $last ]" || fail "the loop does not go on after restore"
+log_contiguous 114 || fail "the log has a gap or restarted"
+echo OK
+"#;
+
 fn main() {
     tests::ve_harness::run_trials(vec![
         ("lifecycle_verbs_and_refusals", LIFECYCLE.to_string()),
@@ -515,5 +550,6 @@ fn main() {
             "restore_over_the_memory_limit_fails_cleanly",
             MEMORY_LIMIT.to_string(),
         ),
+        ("own_root_dir", OWN_ROOT.to_string()),
     ])
 }
