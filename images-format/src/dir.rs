@@ -16,6 +16,26 @@ use crate::{decode, encode, Image};
 
 /// Writes an image into `<final>.tmp-<pid>` (a sibling of the final path) and renames it into
 /// place in [`commit`](Self::commit). Dropping it uncommitted removes the temporary directory.
+/// Writes `record` into the complete image at `dir`, in place of its record of that kind (or
+/// as a new one), through a temporary file renamed over it.
+pub fn replace_record<T: Image>(dir: &Path, record: &T) -> Result<()> {
+    let file = dir.join(T::KIND.file_name());
+    let payload = encode(record)?;
+    if payload.len() as u64 > T::MAX_PAYLOAD {
+        return Err(FormatError::TooLarge {
+            file,
+            len: payload.len() as u64,
+            cap: T::MAX_PAYLOAD,
+        });
+    }
+    let tmp = dir.join(format!(".{}.tmp", T::KIND.file_name()));
+    let header = FileHeader::new(T::KIND, &payload);
+    let mut bytes = header.to_bytes().to_vec();
+    bytes.extend_from_slice(&payload);
+    fs::write(&tmp, &bytes).map_err(|e| FormatError::io("write", &tmp, e))?;
+    fs::rename(&tmp, &file).map_err(|e| FormatError::io("rename", &file, e))
+}
+
 #[derive(Debug)]
 pub struct ImageWriter {
     final_dir: PathBuf,

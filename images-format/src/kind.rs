@@ -20,6 +20,11 @@ pub enum ImageKind {
     Tmpfs = 11,
     /// POSIX timers of each process (value 14: 12 and 13 are left to the socket work of issue 4).
     Timers = 14,
+    /// Pages an incremental image takes from its parent (a migration's staged pages).
+    ParentPages = 15,
+    /// Not part of an image: the pages a migration's destination already holds, handed by
+    /// the source's tracker to its final dump (see `track`).
+    SentPages = 16,
 }
 
 /// One row of [`KINDS`].
@@ -35,7 +40,7 @@ pub struct KindDesc {
 /// The table of all kinds, in increasing `u16` order. Values may have gaps (a value is given
 /// to a kind when its work starts; kinds land in any order). Magics are arbitrary distinct
 /// constants, far apart, so a damaged or foreign file is recognised at once.
-pub const KINDS: [KindDesc; 12] = [
+pub const KINDS: [KindDesc; 14] = [
     KindDesc {
         kind: ImageKind::Inventory,
         file_name: "inventory",
@@ -95,6 +100,16 @@ pub const KINDS: [KindDesc; 12] = [
         kind: ImageKind::Timers,
         file_name: "timers",
         magic: 0x54e1_3b8f,
+    },
+    KindDesc {
+        kind: ImageKind::ParentPages,
+        file_name: "parent-pages",
+        magic: 0x50a7_61c4,
+    },
+    KindDesc {
+        kind: ImageKind::SentPages,
+        file_name: "sent-pages",
+        magic: 0x53e9_d20b,
     },
 ];
 
@@ -184,7 +199,9 @@ mod tests {
                 "ns",
                 "ipc",
                 "tmpfs",
-                "timers"
+                "timers",
+                "parent-pages",
+                "sent-pages"
             ]
         );
         for &k in ImageKind::ALL {

@@ -15,7 +15,8 @@
 //!   ns          namespaces: UTS, mounts, net   |
 //!   ipc         IPC namespace contents          |  (VEs in their own IPC namespace only)
 //!   tmpfs       tmpfs mounts' files            |  (trees with their own mount namespace)
-//!   timers      POSIX timers                   /  (when some process has one)
+//!   timers      POSIX timers                   |  (when some process has one)
+//!   parent-pages pages kept by the parent       /  (incremental images: a migration's last dump)
 //!   pages       page store: header padded to 4096, then 4096-aligned chunks of page data,
 //!               each with its own crc32 and optionally zstd (module pagestore)
 //! ```
@@ -43,6 +44,7 @@ pub mod ns;
 pub mod pipes;
 pub mod pstree;
 pub mod tmpfs;
+pub mod track;
 pub mod unix;
 
 use std::path::Path;
@@ -50,7 +52,7 @@ use std::path::Path;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-pub use dir::{ImageDir, ImageWriter};
+pub use dir::{replace_record, ImageDir, ImageWriter};
 pub use error::{FormatError, Result};
 pub use header::{FileHeader, HEADER_LEN};
 pub use inventory::Inventory;

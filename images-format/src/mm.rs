@@ -116,6 +116,29 @@ pub enum PageOwner {
     TmpfsFile(u32),
 }
 
+/// Pages of an incremental image that its parent holds: each run is present in the process
+/// (or object) and unchanged since the parent got it, so this image stores none of it.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ParentRun {
+    pub owner: PageOwner,
+    pub addr: u64,
+    pub nr_pages: u32,
+}
+
+/// The `parent-pages` record. A restore refuses an image that has one until the runs are
+/// resolved against the parent (a migration's destination does that with its staged pages).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+pub struct ParentPagesImage {
+    /// What the parent is: `staged` for a migration's destination.
+    pub parent: String,
+    pub runs: Vec<ParentRun>,
+}
+
+impl Image for ParentPagesImage {
+    const KIND: ImageKind = ImageKind::ParentPages;
+    const MAX_PAYLOAD: u64 = 256 << 20;
+}
+
 /// `nr_pages` consecutive pages at `addr` (a virtual address, or an offset in a shared object),
 /// stored contiguously at `loc`.
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]

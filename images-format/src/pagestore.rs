@@ -108,6 +108,12 @@ impl std::fmt::Debug for PageStoreWriter {
 }
 
 impl PageStoreWriter {
+    /// A pages file outside an [`ImageWriter`](crate::ImageWriter) (a migration's destination
+    /// stages pages in one as they arrive, and moves it into the image at the end).
+    pub fn create_file(path: &Path, compress_level: Option<i32>) -> Result<Self> {
+        Self::create(path, compress_level)
+    }
+
     /// Creates the pages file at `path`, which must not exist.
     pub(crate) fn create(path: &Path, compress_level: Option<i32>) -> Result<Self> {
         let compressor = match compress_level {

@@ -116,6 +116,13 @@ pub struct Images {
 impl Images {
     pub fn load(dir: &std::path::Path) -> Result<Self, RestoreError> {
         let dir = ImageDir::open(dir)?;
+        if dir.has(ImageKind::ParentPages) {
+            return Err(RestoreError::Invalid(
+                "the image is incremental: part of its pages are in its parent (a record \
+                 `parent-pages`); it can only be restored once merged with that parent"
+                    .into(),
+            ));
+        }
         Ok(Images {
             pstree: dir.read()?,
             core: dir.read()?,
