@@ -182,7 +182,7 @@ const REQUEUE_PER_BATCH: usize = 128;
 const FIRE_WAIT_NS: u64 = 20_000_000;
 /// Tries before giving up: a try fails when the remote round trip from reading the clock to
 /// taking the signal outlasts the time left, or misses it by more than a period.
-const ATTEMPTS: usize = 5;
+const ATTEMPTS: usize = 8;
 
 /// Clocks whose timers are hrtimers: forwarded in whole periods when their signal is taken.
 fn is_hrtimer_clock(clockid: i32) -> bool {

@@ -16,9 +16,10 @@
  *  - F: the same aimed at t2 by t2 itself (SIGEV_THREAD_ID, SIGRTMIN+5 blocked in t2), armed
  *    3.5 periods ago: timer_getoverrun says 3;
  *    after every restore both overrun counts are still there and their time left never grows;
- *  - G: CLOCK_MONOTONIC, SIGRTMIN+6 to the process (blocked everywhere), every 100 us, armed
+ *  - G: CLOCK_MONOTONIC, SIGRTMIN+6 to the process (blocked everywhere), every 1 ms, armed
  *    5.5 periods ago: timer_getoverrun says 5. Its signal stays pending, so it is never
- *    rearmed and is dumped with less than a period left: less than a restore round trip;
+ *    rearmed and is dumped with less than a period left (at times less than a restore round
+ *    trip);
  *  - H: CLOCK_REALTIME, the same signal as G, every 1000 s, armed 2.5 periods ago:
  *    timer_getoverrun says 2 (taking the signal of one of G and H sets the other's overrun);
  *  - the timer_t handles of the program still name the same timers (timer_gettime on each).
@@ -215,7 +216,7 @@ int main(void)
     if (got != 7) { fprintf(stderr, "timer D: signal with overrun %d, expected 7\n", got); return 2; }
     sev.sigev_signo = SIGRTMIN + 6;
     if (timer_create(CLOCK_MONOTONIC, &sev, &tg)) { perror("timer G"); return 2; }
-    got = arm_with_overrun(tg, CLOCK_MONOTONIC, 100000, SIGRTMIN + 6, 5);
+    got = arm_with_overrun(tg, CLOCK_MONOTONIC, 1000000, SIGRTMIN + 6, 5);
     if (got != 5) { fprintf(stderr, "timer G: signal with overrun %d, expected 5\n", got); return 2; }
     if (timer_create(CLOCK_REALTIME, &sev, &th)) { perror("timer H"); return 2; }
     got = arm_with_overrun(th, CLOCK_REALTIME, 1000000000000L, SIGRTMIN + 6, 2);
