@@ -478,7 +478,13 @@ fn restore_one(
     let mut tids = vec![p.host];
     tids.extend(task::create_threads(&mut rt, &core.threads)?);
     if let Some(t) = img.timers.processes.iter().find(|t| t.pid == p.pid) {
-        timers::restore_posix_timers(&mut rt, t, p.pid)?;
+        let threads: Vec<(i32, Pid)> = core
+            .threads
+            .iter()
+            .map(|t| t.tid)
+            .zip(tids.iter().copied())
+            .collect();
+        timers::restore_posix_timers(&mut rt, t, p.pid, &threads)?;
     }
     for (i, (t, tid)) in core.threads.iter().zip(&tids).enumerate() {
         if i == 0 {

@@ -1,5 +1,5 @@
 /*
- * posix_timers: five POSIX timers of a two-thread process (one id left unused: a gap),
+ * posix_timers: nine POSIX timers of a two-thread process (one id left unused: a gap),
  * checked after every restore:
  *  - /proc/self/timers reads exactly as at setup (ids, signals, values, targets, clocks);
  *  - A: CLOCK_MONOTONIC, SIGRTMIN+1 to the process, value 0x5151, every 50 ms: its handler
@@ -10,6 +10,18 @@
  *  - B: CLOCK_REALTIME, SIGEV_NONE, one-shot in 1000 s: time left never grows and stays
  *    above 900 s;
  *  - E: CLOCK_BOOTTIME, disarmed: reads 0/0;
+ *  - D: CLOCK_REALTIME, SIGRTMIN+4 to the process (blocked in every thread), every 1000 s,
+ *    armed at an absolute time 7.5 periods ago and its signal taken by sigtimedwait at setup:
+ *    timer_getoverrun says 7, and the next expiry is about 500 s away;
+ *  - F: the same aimed at t2 by t2 itself (SIGEV_THREAD_ID, SIGRTMIN+5 blocked in t2), armed
+ *    3.5 periods ago: timer_getoverrun says 3;
+ *    after every restore both overrun counts are still there and their time left never grows;
+ *  - G: CLOCK_MONOTONIC, SIGRTMIN+6 to the process (blocked everywhere), every 1 ms, armed
+ *    5.5 periods ago: timer_getoverrun says 5. Its signal stays pending, so it is never
+ *    rearmed and is dumped with less than a period left (at times less than a restore round
+ *    trip);
+ *  - H: CLOCK_REALTIME, the same signal as G, every 1000 s, armed 2.5 periods ago:
+ *    timer_getoverrun says 2 (taking the signal of one of G and H sets the other's overrun);
  *  - the timer_t handles of the program still name the same timers (timer_gettime on each).
  */
 #include "wl.h"
@@ -18,10 +30,12 @@
 #include <stdint.h>
 #include <sys/syscall.h>
 
-static timer_t ta, tb, tc, te;
+static timer_t ta, tb, tc, te, td, tf, tg, th;
 static pid_t t2_tid;
 static char rec[4096];
-static double b_left = 1e9;
+static double b_left = 1e9, d_left = 1e9, f_left = 1e9;
+static volatile int f_ready;
+static char f_err[256];
 
 static volatile int a_count, a_bad, c_count, c_bad;
 static volatile int a_last_value, a_last_id, a_last_code, c_last_tid;
@@ -46,6 +60,26 @@ static void on_c(int sig, siginfo_t *si, void *uc)
     c_count++;
 }
 
+/* Arms `t` (its signal blocked in the calling thread, which the signal targets) so that the
+ * last delivered expiration had `overrun` overruns: an absolute start `overrun + 1/2` periods
+ * ago fires at once; taking that signal rearms the timer past now, counting the periods
+ * missed. Returns the overrun that the signal carried, or -1. */
+static int arm_with_overrun(timer_t t, clockid_t clock, long period_ns, int signo, int overrun)
+{
+    struct timespec now;
+    clock_gettime(clock, &now);
+    long long start = now.tv_sec * 1000000000LL + now.tv_nsec - overrun * (long long)period_ns - period_ns / 2;
+    struct itimerspec its = {{period_ns / 1000000000, period_ns % 1000000000}, {start / 1000000000, start % 1000000000}};
+    if (timer_settime(t, TIMER_ABSTIME, &its, NULL)) return -1;
+    sigset_t s;
+    sigemptyset(&s);
+    sigaddset(&s, signo);
+    siginfo_t si;
+    struct timespec wait = {5, 0};
+    if (sigtimedwait(&s, &si, &wait) != signo || si.si_code != SI_TIMER) return -1;
+    return si.si_overrun;
+}
+
 static void *t2_main(void *arg)
 {
     (void)arg;
@@ -54,6 +88,16 @@ static void *t2_main(void *arg)
     sigemptyset(&m);
     sigaddset(&m, SIGRTMIN + 1);
     pthread_sigmask(SIG_BLOCK, &m, NULL); /* A's signal goes to the main thread */
+    struct sigevent sev = {0};
+    sev.sigev_notify = SIGEV_THREAD_ID;
+    sev.sigev_signo = SIGRTMIN + 5;
+    sev._sigev_un._tid = t2_tid;
+    int got;
+    if (timer_create(CLOCK_REALTIME, &sev, &tf))
+        snprintf(f_err, sizeof(f_err), "timer F: %s", strerror(errno));
+    else if ((got = arm_with_overrun(tf, CLOCK_REALTIME, 1000000000000L, SIGRTMIN + 5, 3)) != 3)
+        snprintf(f_err, sizeof(f_err), "timer F: signal with overrun %d, expected 3", got);
+    f_ready = 1;
     for (;;) pause();
     return NULL;
 }
@@ -104,6 +148,22 @@ static int check(char *why, size_t len)
         return 0;
     }
     if (timer_getoverrun(ta) < 0 || timer_getoverrun(tc) < 0) { snprintf(why, len, "timer_getoverrun: %s", strerror(errno)); return 0; }
+    int od = timer_getoverrun(td), of = timer_getoverrun(tf), og = timer_getoverrun(tg), oh = timer_getoverrun(th);
+    if (od != 7 || of != 3 || og != 5 || oh != 2) {
+        snprintf(why, len, "overrun of D %d (expected 7), of F %d (expected 3), of G %d (expected 5), of H %d (expected 2)",
+                 od, of, og, oh);
+        return 0;
+    }
+    if (timer_gettime(td, &its) || secs(its.it_interval) != 1000 || secs(its.it_value) > d_left || secs(its.it_value) < 400) {
+        snprintf(why, len, "D: time left %.3f (last check %.3f), interval %.3f, expected <= it, > 400 and 1000", secs(its.it_value), d_left, secs(its.it_interval));
+        return 0;
+    }
+    d_left = secs(its.it_value);
+    if (timer_gettime(tf, &its) || secs(its.it_interval) != 1000 || secs(its.it_value) > f_left || secs(its.it_value) < 400) {
+        snprintf(why, len, "F: time left %.3f (last check %.3f), interval %.3f, expected <= it, > 400 and 1000", secs(its.it_value), f_left, secs(its.it_interval));
+        return 0;
+    }
+    f_left = secs(its.it_value);
     return 1;
 }
 
@@ -119,10 +179,17 @@ int main(void)
     /* The main thread never takes C's signal (it is aimed at t2 anyway). */
     sigset_t m;
     sigemptyset(&m);
+    /* D's and F's signals stay blocked in every thread (t2 inherits this mask). */
+    sigaddset(&m, SIGRTMIN + 4);
+    sigaddset(&m, SIGRTMIN + 5);
+    sigaddset(&m, SIGRTMIN + 6);
+    pthread_sigmask(SIG_BLOCK, &m, NULL);
+    sigemptyset(&m);
     sigaddset(&m, SIGRTMIN + 2);
     pthread_t t2;
     if (pthread_create(&t2, NULL, t2_main, NULL)) return 2;
-    while (!t2_tid) wl_nap();
+    while (!f_ready) wl_nap();
+    if (f_err[0]) { fprintf(stderr, "%s\n", f_err); return 2; }
     pthread_sigmask(SIG_BLOCK, &m, NULL);
 
     struct sigevent sev = {0};
@@ -143,13 +210,25 @@ int main(void)
     sev.sigev_notify = SIGEV_SIGNAL;
     sev.sigev_signo = SIGRTMIN + 3;
     if (timer_create(CLOCK_BOOTTIME, &sev, &te)) { perror("timer E"); return 2; }
+    sev.sigev_signo = SIGRTMIN + 4;
+    if (timer_create(CLOCK_REALTIME, &sev, &td)) { perror("timer D"); return 2; }
+    int got = arm_with_overrun(td, CLOCK_REALTIME, 1000000000000L, SIGRTMIN + 4, 7);
+    if (got != 7) { fprintf(stderr, "timer D: signal with overrun %d, expected 7\n", got); return 2; }
+    sev.sigev_signo = SIGRTMIN + 6;
+    if (timer_create(CLOCK_MONOTONIC, &sev, &tg)) { perror("timer G"); return 2; }
+    got = arm_with_overrun(tg, CLOCK_MONOTONIC, 1000000, SIGRTMIN + 6, 5);
+    if (got != 5) { fprintf(stderr, "timer G: signal with overrun %d, expected 5\n", got); return 2; }
+    if (timer_create(CLOCK_REALTIME, &sev, &th)) { perror("timer H"); return 2; }
+    got = arm_with_overrun(th, CLOCK_REALTIME, 1000000000000L, SIGRTMIN + 6, 2);
+    if (got != 2) { fprintf(stderr, "timer H: signal with overrun %d, expected 2\n", got); return 2; }
     struct itimerspec a = {{0, 50000000}, {0, 50000000}};
     struct itimerspec b = {{0, 0}, {1000, 0}};
     struct itimerspec c = {{0, 30000000}, {0, 30000000}};
     if (timer_settime(ta, 0, &a, NULL) || timer_settime(tb, 0, &b, NULL) || timer_settime(tc, 0, &c, NULL)) { perror("timer_settime"); return 2; }
     read_timers(rec, sizeof(rec));
-    fprintf(stderr, "posix_timers: A %d B %d C %d E %d t2 %d\n%s", (int)(intptr_t)ta, (int)(intptr_t)tb,
-            (int)(intptr_t)tc, (int)(intptr_t)te, t2_tid, rec);
+    fprintf(stderr, "posix_timers: A %d B %d C %d E %d D %d F %d G %d H %d t2 %d\n%s", (int)(intptr_t)ta,
+            (int)(intptr_t)tb, (int)(intptr_t)tc, (int)(intptr_t)te, (int)(intptr_t)td, (int)(intptr_t)tf,
+            (int)(intptr_t)tg, (int)(intptr_t)th, t2_tid, rec);
     wl_ready();
     for (;;) {
         wl_answer_check("posix_timers", check);
