@@ -32,6 +32,17 @@ const PM_PRESENT: u64 = 1 << 63;
 const PM_SWAP: u64 = 1 << 62;
 const PM_FILE: u64 = 1 << 61;
 const PAGE: u64 = PAGE_SIZE as u64;
+/// Swap type of a pagemap swap entry (bits 0-4 of the frame field; zero unless the reader has
+/// `CAP_SYS_ADMIN`), and the type the kernel gives PTE markers (the last one).
+const PM_SWAP_TYPE: u64 = 0x1f;
+const SWP_PTE_MARKER: u64 = 31;
+
+/// Whether a pagemap entry has contents: present, or really swapped out. A PTE marker shows as
+/// swapped but holds nothing: the userfaultfd write protection of a page never populated (a
+/// tracked area has one on each), a guard region (which reading would fault on).
+fn holds_data(e: u64) -> bool {
+    e & PM_PRESENT != 0 || (e & PM_SWAP != 0 && e & PM_SWAP_TYPE != SWP_PTE_MARKER)
+}
 
 /// Counters of what the memory dump stored.
 #[derive(Debug, Default, Clone, Copy)]
@@ -376,9 +387,9 @@ impl<'a> MemDumper<'a> {
             if in_parent(i) {
                 false
             } else if file_backed {
-                (e & PM_PRESENT != 0 && e & PM_FILE == 0) || e & PM_SWAP != 0
+                (e & PM_PRESENT != 0 && e & PM_FILE == 0) || (e & PM_PRESENT == 0 && holds_data(e))
             } else {
-                e & (PM_PRESENT | PM_SWAP) != 0
+                holds_data(e)
             }
         };
         let max_run = CHUNK_SIZE / PAGE_SIZE;
@@ -535,6 +546,17 @@ fn held_pages(area: &SentArea, written: &[(u64, u64)]) -> Vec<bool> {
 #[cfg(test)]
 mod held_tests {
     use super::*;
+
+    #[test]
+    fn markers_hold_no_data() {
+        // As read from /proc/PID/pagemap on this kernel: a present page; the uffd-wp marker
+        // of a page never populated (swap flag, uffd-wp bit, type 31, offset 1); a swapped
+        // page of swap file 0.
+        assert!(holds_data(0x8300_0000_004f_b7e2));
+        assert!(!holds_data(0x4200_0000_0000_003f));
+        assert!(holds_data(0x4000_0000_0000_0120));
+        assert!(!holds_data(0));
+    }
 
     #[test]
     fn written_pages_are_not_held() {
