@@ -354,6 +354,23 @@ fn count_present(pid: i32, pagemap: &File, from: u64, to: u64) -> Result<u64, Du
 pub type Emit<'e> = dyn FnMut(PageOwner, u64, &[u8]) -> Result<(), DumpError> + 'e;
 
 impl Tracked {
+    /// Whether the address space the userfaultfd belongs to still exists (it is gone once
+    /// the process execs). `UFFDIO_REGISTER` fails with `ENOMEM` then, like for other
+    /// reasons; `UFFDIO_WRITEPROTECT` says `ESRCH` before looking at the range, so one on a
+    /// page nobody maps (the lowest page `mmap` may map, and only unprotecting it) tells.
+    fn mm_alive(&self) -> bool {
+        let low = std::fs::read_to_string("/proc/sys/vm/mmap_min_addr")
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .unwrap_or(65536)
+            .next_multiple_of(PAGE)
+            .max(PAGE);
+        !matches!(
+            uffd::writeprotect(&self.uffd, low, PAGE, false),
+            Err(e) if errno_of(&e) == Some(Errno::ESRCH)
+        )
+    }
+
     /// Reads the pages of `ranges` (inside `area`) and gives them to `emit`, at most
     /// [`MAX_EMIT_PAGES`] at a time, marking each page sent once emitted. Pages that cannot be
     /// read (the area changed meanwhile) stay unsent. `Ok(false)`: the process is gone.
@@ -470,7 +487,7 @@ impl Tracked {
                 match uffd::register_wp(&self.uffd, start, end - start) {
                     Ok(()) => {}
                     // The userfaultfd's address space is gone: the process execed.
-                    Err(e) if errno_of(&e) == Some(Errno::ESRCH) => return Ok(Outcome::Stale),
+                    Err(_) if !self.mm_alive() => return Ok(Outcome::Stale),
                     Err(e) => {
                         warn!(
                             pid,

@@ -35,6 +35,7 @@ const CGROUP_ROOT: &str = "/sys/fs/cgroup/unified";
 /// - `s PAGES GEN`: the same, filling only its first and last pages;
 /// - `u ADDR PAGES`: unmap an area;
 /// - `r ADDR PAGES GEN`: map a new area over an old one (`MAP_FIXED`, same bounds), fill it;
+/// - `e`: exec itself again (a new address space: it answers with its new buffer);
 /// - `f PAGES GEN`: fork a child that maps and fills an area of its own and waits for ever;
 ///   answer its PID and the area's address.
 ///
@@ -107,6 +108,10 @@ int main(void) {
             if (a == MAP_FAILED) { perror("mmap fixed"); exit(1); }
             fill_all(a, pages, gen);
             dprintf(1, "ok\n");
+        } else if (l[0] == 'e') {
+            execl("/proc/self/exe", "track_helper", (char *)NULL);
+            perror("exec");
+            exit(1);
         } else if (l[0] == 'f' && sscanf(l + 2, "%ld %ld", &pages, &gen) == 2) {
             int p[2];
             if (pipe(p)) { perror("pipe"); exit(1); }
@@ -647,6 +652,51 @@ fn unmapped_and_remapped_areas() -> R<()> {
     Ok(())
 }
 
+/// A process that execs gets a new address space, which its userfaultfd does not track: it
+/// is armed again, and its new memory sent whole.
+fn exec_after_arming() -> R<()> {
+    let mut h = Helper::start("exec")?;
+    let pid = h.pid();
+    let mut t = Tracker::arm(&h.cgroup).map_err(|e| format!("arm: {}", chain(&e)))?;
+    round(&mut t)?;
+    let l = h.cmd("e")?;
+    let buf = hex_field(&l, "buf", 1)?;
+    let all: Vec<u64> = (0..256).collect();
+    // Sent by the round that finds the old address space gone, or by the next one, which
+    // arms the process again.
+    let mut seen = BTreeSet::new();
+    for _ in 0..2 {
+        let (_, got) = round(&mut t)?;
+        got.check_against_mem()?;
+        let pages = got.in_area(pid, buf, 256);
+        if !pages.is_empty() {
+            got.check_pattern(pid, buf, &all, 1)?;
+        }
+        seen.extend(pages);
+    }
+    expect_set("new buffer after exec", &seen, &all)?;
+    if t.tracked_pids() != vec![pid] {
+        return Err(format!("tracked after exec: {:?}", t.tracked_pids()));
+    }
+    let (_, got) = round(&mut t)?;
+    expect_set("idle round after exec", &got.in_area(pid, buf, 256), &[])?;
+    h.write(buf, 2, &[9])?;
+    let tmp = tempfile::tempdir().map_err(err("tempdir"))?;
+    let (held, stored, _) = final_dump(&h, &t, &tmp.path().join("img"))?;
+    let held_want: Vec<u64> = (0..256).filter(|&p| p != 9).collect();
+    expect_set(
+        "parent runs after exec",
+        &area_pages(&held, pid, buf, 256),
+        &held_want,
+    )?;
+    expect_set(
+        "stored after exec",
+        &area_pages(&stored, pid, buf, 256),
+        &[9],
+    )?;
+    Ok(())
+}
+
 /// Nothing to arm: an error naming the cgroup, and nothing left behind.
 fn arm_refuses_an_empty_cgroup() -> R<()> {
     let cg = Path::new(CGROUP_ROOT).join(format!("vzt-track-empty-{}", std::process::id()));
@@ -706,6 +756,7 @@ fn main() {
     let tests: Vec<(&str, Test)> = vec![
         ("rounds_and_final_dump", rounds_and_final_dump),
         ("fork_after_arming", fork_after_arming),
+        ("exec_after_arming", exec_after_arming),
         ("unmapped_and_remapped_areas", unmapped_and_remapped_areas),
         ("arm_refuses_an_empty_cgroup", arm_refuses_an_empty_cgroup),
     ];
