@@ -156,19 +156,32 @@ struct Helper {
     out: BufReader<ChildStdout>,
     cgroup: PathBuf,
     buf: u64,
+    host_pid: i32,
 }
 
 impl Helper {
     fn start(name: &str) -> R<Helper> {
+        Self::start_with(name, false)
+    }
+
+    /// With `pidns`, the program is the init of a PID namespace of its own (as a VE's init
+    /// is), alone in its cgroup: `unshare` stays outside it.
+    fn start_with(name: &str, pidns: bool) -> R<Helper> {
         let cgroup =
             Path::new(CGROUP_ROOT).join(format!("vzt-track-{name}-{}", std::process::id()));
         std::fs::create_dir(&cgroup).map_err(err("create the cgroup"))?;
         let helper = HELPER.get().ok_or("the helper program was not built")?;
-        let mut child = match Command::new(helper)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-        {
+        let mut cmd = if pidns {
+            let mut c = Command::new("unshare");
+            c.args(["--pid", "--fork", "--kill-child", "sh", "-c"])
+                .arg(r#"echo 0 > "$0/cgroup.procs" && exec "$1""#)
+                .arg(&cgroup)
+                .arg(helper);
+            c
+        } else {
+            Command::new(helper)
+        };
+        let mut child = match cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).spawn() {
             Ok(c) => c,
             Err(e) => {
                 let _ = std::fs::remove_dir(&cgroup);
@@ -181,22 +194,36 @@ impl Helper {
             let _ = std::fs::remove_dir(&cgroup);
             return Err("no pipes to the helper".into());
         };
+        let host_pid = child.id() as i32;
         let mut h = Helper {
             child,
             stdin,
             out: BufReader::new(stdout),
             cgroup,
             buf: 0,
+            host_pid,
         };
-        std::fs::write(h.cgroup.join("cgroup.procs"), h.child.id().to_string())
-            .map_err(err("move the helper into its cgroup"))?;
+        if !pidns {
+            std::fs::write(h.cgroup.join("cgroup.procs"), h.host_pid.to_string())
+                .map_err(err("move the helper into its cgroup"))?;
+        }
         let line = h.line()?;
         h.buf = hex_field(&line, "buf", 1)?;
+        if pidns {
+            let procs = std::fs::read_to_string(h.cgroup.join("cgroup.procs"))
+                .map_err(err("read cgroup.procs"))?;
+            h.host_pid = procs
+                .trim()
+                .parse()
+                .map_err(|_| format!("cgroup.procs of the namespace: {procs:?}"))?;
+        }
+        wait_in_syscall(h.host_pid, libc::SYS_read)?;
         Ok(h)
     }
 
+    /// The program's PID on the host.
     fn pid(&self) -> i32 {
-        self.child.id() as i32
+        self.host_pid
     }
 
     fn line(&mut self) -> R<String> {
@@ -210,12 +237,14 @@ impl Helper {
         Ok(l.trim().to_string())
     }
 
+    /// Sends a command and returns the answer once the program waits for the next one.
     fn cmd(&mut self, c: &str) -> R<String> {
         writeln!(self.stdin, "{c}").map_err(err("write to the helper"))?;
         let l = self.line()?;
         if l.starts_with("bad") {
             return Err(format!("helper: {l}"));
         }
+        wait_in_syscall(self.host_pid, libc::SYS_read)?;
         Ok(l)
     }
 
@@ -242,6 +271,29 @@ impl Drop for Helper {
             let _ = std::fs::write(self.cgroup.join("cgroup.kill"), "1");
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+}
+
+/// Waits until `pid` sleeps in syscall `nr` (`/proc/PID/syscall`): an answer is written
+/// before the program is back in `read`, and the checks need it idle.
+fn wait_in_syscall(pid: i32, nr: i64) -> R<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let want = format!("{nr} ");
+    loop {
+        let now = std::fs::read_to_string(format!("/proc/{pid}/syscall")).unwrap_or_default();
+        let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let sleeping = state
+            .rsplit_once(')')
+            .is_some_and(|(_, r)| r.trim_start().starts_with('S'));
+        if now.starts_with(&want) && sleeping {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "task {pid} is not waiting in syscall {nr}: {now:?}"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(1));
     }
 }
 
@@ -297,13 +349,22 @@ impl Emitted {
 
     /// Every page emitted holds what `/proc/PID/mem` shows now (the program is idle).
     fn check_against_mem(&self) -> R<()> {
+        self.check_against_mem_of(&[])
+    }
+
+    /// The same, the owners found in `host` ((PID in the VE, PID on the host)) translated.
+    fn check_against_mem_of(&self, host: &[(i32, i32)]) -> R<()> {
         if let Some(p) = self.problems.first() {
             return Err(p.clone());
         }
         let mut files: BTreeMap<i32, File> = BTreeMap::new();
         for ((pid, addr), bytes) in &self.pages {
             if !files.contains_key(pid) {
-                let f = File::open(format!("/proc/{pid}/mem")).map_err(err("open mem"))?;
+                let hp = host
+                    .iter()
+                    .find(|(v, _)| v == pid)
+                    .map_or(*pid, |&(_, h)| h);
+                let f = File::open(format!("/proc/{hp}/mem")).map_err(err("open mem"))?;
                 files.insert(*pid, f);
             }
             let mut now = vec![0u8; PAGE as usize];
@@ -334,6 +395,15 @@ impl Emitted {
         }
         Ok(())
     }
+}
+
+/// Arms the program's cgroup and waits until the program, resumed, is back in `read` (leaving
+/// the seize, it returns to user space a moment, where the kernel may update its rseq area:
+/// a write like any other, but not one a check of an idle program expects).
+fn arm(h: &Helper) -> R<Tracker> {
+    let t = Tracker::arm(&h.cgroup).map_err(|e| format!("arm: {}", chain(&e)))?;
+    wait_in_syscall(h.pid(), libc::SYS_read)?;
+    Ok(t)
 }
 
 fn round(t: &mut Tracker) -> R<(RoundStats, Emitted)> {
@@ -435,7 +505,7 @@ fn rounds_and_final_dump() -> R<()> {
     let buf = h.buf;
     // 8 MiB mapped, two pages used: every other page gets a write-protect marker.
     let sparse = h.cmd("s 2048 7").and_then(|l| hex_field(&l, "map", 1))?;
-    let mut t = Tracker::arm(&h.cgroup).map_err(|e| format!("arm: {}", chain(&e)))?;
+    let mut t = arm(&h)?;
 
     let (s1, got) = round(&mut t)?;
     got.check_against_mem()?;
@@ -551,7 +621,7 @@ fn rounds_and_final_dump() -> R<()> {
 /// A process forked after arming is armed at the next round and its pages sent and tracked.
 fn fork_after_arming() -> R<()> {
     let mut h = Helper::start("fork")?;
-    let mut t = Tracker::arm(&h.cgroup).map_err(|e| format!("arm: {}", chain(&e)))?;
+    let mut t = arm(&h)?;
     round(&mut t)?;
     let l = h.cmd("f 8 9")?;
     let mut f = l.split_whitespace();
@@ -560,6 +630,7 @@ fn fork_after_arming() -> R<()> {
     };
     let cpid: i32 = cpid.parse().map_err(err("child pid"))?;
     let addr = u64::from_str_radix(addr, 16).map_err(err("child area"))?;
+    wait_in_syscall(cpid, libc::SYS_pause)?;
     let pending = t.pending_pages().map_err(|e| chain(&e))?;
     if pending < 8 + 256 {
         return Err(format!("{pending} pages pending with a new child"));
@@ -598,7 +669,7 @@ fn unmapped_and_remapped_areas() -> R<()> {
     let pid = h.pid();
     let a = h.map(32, 1)?;
     let b = h.map(16, 2)?;
-    let mut t = Tracker::arm(&h.cgroup).map_err(|e| format!("arm: {}", chain(&e)))?;
+    let mut t = arm(&h)?;
     let (_, got) = round(&mut t)?;
     got.check_pattern(pid, a, &(0..32).collect::<Vec<_>>(), 1)?;
     got.check_pattern(pid, b, &(0..16).collect::<Vec<_>>(), 2)?;
@@ -657,7 +728,7 @@ fn unmapped_and_remapped_areas() -> R<()> {
 fn exec_after_arming() -> R<()> {
     let mut h = Helper::start("exec")?;
     let pid = h.pid();
-    let mut t = Tracker::arm(&h.cgroup).map_err(|e| format!("arm: {}", chain(&e)))?;
+    let mut t = arm(&h)?;
     round(&mut t)?;
     let l = h.cmd("e")?;
     let buf = hex_field(&l, "buf", 1)?;
@@ -693,6 +764,42 @@ fn exec_after_arming() -> R<()> {
         "stored after exec",
         &area_pages(&stored, pid, buf, 256),
         &[9],
+    )?;
+    Ok(())
+}
+
+/// The init of a PID namespace (a VE's init): pages are emitted and left to the parent under
+/// its PID in the namespace, as the image records it.
+fn pid_namespace_init() -> R<()> {
+    let mut h = Helper::start_with("pidns", true)?;
+    let host = h.pid();
+    let buf = h.buf;
+    let mut t = arm(&h)?;
+    let (_, got) = round(&mut t)?;
+    if let Some((p, _)) = got.pages.keys().find(|(p, _)| *p != 1) {
+        return Err(format!(
+            "a page emitted for PID {p}, not 1 (host PID {host})"
+        ));
+    }
+    got.check_against_mem_of(&[(1, host)])?;
+    let all: Vec<u64> = (0..256).collect();
+    got.check_pattern(1, buf, &all, 1)?;
+    if t.tracked_pids() != vec![host] {
+        return Err(format!("tracked: {:?}, expected {host}", t.tracked_pids()));
+    }
+    h.write(buf, 2, &[10])?;
+    let tmp = tempfile::tempdir().map_err(err("tempdir"))?;
+    let (held, stored, _) = final_dump(&h, &t, &tmp.path().join("img"))?;
+    let held_want: Vec<u64> = (0..256).filter(|&p| p != 10).collect();
+    expect_set(
+        "parent runs of PID 1",
+        &area_pages(&held, 1, buf, 256),
+        &held_want,
+    )?;
+    expect_set(
+        "stored pages of PID 1",
+        &area_pages(&stored, 1, buf, 256),
+        &[10],
     )?;
     Ok(())
 }
@@ -757,6 +864,7 @@ fn main() {
         ("rounds_and_final_dump", rounds_and_final_dump),
         ("fork_after_arming", fork_after_arming),
         ("exec_after_arming", exec_after_arming),
+        ("pid_namespace_init", pid_namespace_init),
         ("unmapped_and_remapped_areas", unmapped_and_remapped_areas),
         ("arm_refuses_an_empty_cgroup", arm_refuses_an_empty_cgroup),
     ];
