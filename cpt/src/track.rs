@@ -659,7 +659,10 @@ impl Tracker {
     /// new or changed areas registered, protected and sent whole, and tracked areas send the
     /// pages written since the previous round. `emit` gets (owner = the PID as the VE sees
     /// it, address of the first page, the pages' bytes: contiguous, at most
-    /// [`MAX_EMIT_PAGES`] pages). An error of `emit` ends the round with that error.
+    /// [`MAX_EMIT_PAGES`] pages). An error of `emit` ends the round with that error (what
+    /// the process being sent knew is dropped: its areas are sent whole again next round).
+    /// When new processes must be armed the cgroup is frozen and seized within this call, so
+    /// like [`Tracker::arm`] it must not be split across threads (any one thread per call).
     pub fn round(&mut self, emit: &mut Emit<'_>) -> Result<RoundStats, DumpError> {
         self.arm_newcomers()?;
         let mut stats = RoundStats::default();
