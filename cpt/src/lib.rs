@@ -20,6 +20,7 @@ pub mod seize;
 pub mod task;
 pub mod timers;
 pub mod tmpfs;
+pub mod track;
 pub mod unix;
 
 use std::path::PathBuf;
@@ -28,7 +29,7 @@ use std::time::Instant;
 use images_format::core::CoreImage;
 use images_format::files::FilesImage;
 use images_format::inventory::Inventory;
-use images_format::mm::{MmImage, PagemapImage};
+use images_format::mm::{MmImage, PagemapImage, ParentPagesImage};
 use images_format::pipes::PipesImage;
 use images_format::pstree::{ProcState, ProcessEntry, PstreeImage};
 use images_format::{FormatError, ImageWriter};
@@ -88,6 +89,10 @@ pub struct DumpOptions {
     /// Also dump TCP connections whose peer is outside the tree (as CRIU's option of that
     /// name); without it such a connection fails the dump.
     pub tcp_established: bool,
+    /// What a live migration's destination already holds (`track::Tracker::sent`): present
+    /// pages of those areas that were sent and not written since are recorded in a
+    /// `parent-pages` record instead of the page store. The tracker must still be alive.
+    pub sent_pages: Option<images_format::track::SentPagesImage>,
 }
 
 /// Figures of one dump, printed by `vzcpt dump --json`.
@@ -100,6 +105,8 @@ pub struct DumpStats {
     pub pages_stored: u64,
     pub zero_pages_skipped: u64,
     pub pages_bytes_stored: u64,
+    /// Pages left to the parent (`parent-pages` record) with `sent_pages`.
+    pub pages_in_parent: u64,
     pub freeze_ms: f64,
     pub frozen_ms: f64,
     pub total_ms: f64,
@@ -111,6 +118,19 @@ fn ms(since: Instant) -> f64 {
 
 /// Dumps the target into `opts.dir`, then kills, resumes or leaves it stopped.
 pub fn dump(opts: &DumpOptions) -> Result<DumpStats, DumpError> {
+    let t0 = Instant::now();
+    let (mut stats, frozen) = dump_held(opts)?;
+    // Only a complete image lets the tree go (killed, resumed or left stopped).
+    frozen.finish(opts.final_state)?;
+    stats.total_ms = ms(t0);
+    Ok(stats)
+}
+
+/// Dumps the target into `opts.dir` and returns with the tree still seized: the caller ends
+/// it with [`seize::Frozen::finish`] (a live migration keeps the VE stopped until the
+/// destination commits or aborts); dropping it resumes the tree. `opts.final_state` is not
+/// applied; `total_ms` and `frozen_ms` count up to the complete image.
+pub fn dump_held(opts: &DumpOptions) -> Result<(DumpStats, seize::Frozen), DumpError> {
     let t0 = Instant::now();
     // 1. Freeze and seize. From here until `finish`, dropping `frozen` resumes the tree.
     let mut frozen = match &opts.target {
@@ -163,6 +183,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats, DumpError> {
         let storing = scope.spawn(|| writer_end.run(&mut store));
         let collected = (|| {
             let mut mem = memory::MemDumper::new(&sink);
+            mem.sent_pages = opts.sent_pages.as_ref();
             // The VE's own IPC namespace: its objects once, and SysV attachments by id.
             let ipc = if namespaces.own.contains(&images_format::ns::NsKind::Ipc) {
                 let root = frozen.root().as_raw();
@@ -240,7 +261,13 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats, DumpError> {
             }
             // Unix socket peers must all be in the tree: known once every process is dumped.
             files.unix.finish()?;
-            Ok::<_, DumpError>((mem.stats, std::mem::take(&mut mem.shmem), ipc, tmpfs_image))
+            Ok::<_, DumpError>((
+                mem.stats,
+                std::mem::take(&mut mem.shmem),
+                std::mem::take(&mut mem.parent_runs),
+                ipc,
+                tmpfs_image,
+            ))
         })();
         drop(sink);
         let stored = storing
@@ -250,12 +277,13 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats, DumpError> {
     });
     // The writer's own error explains a failed send better than the send does.
     let stored = stored?;
-    let (mem_stats, shmem, ipc, tmpfs_image) = collected?;
+    let (mem_stats, shmem, parent_runs, ipc, tmpfs_image) = collected?;
     mm.shmem = shmem;
     let entries = stored.entries;
     let index = store.finish()?;
     stats.pages_bytes_stored = index.chunks.iter().map(|c| c.stored_len as u64).sum();
     stats.pages_scanned = mem_stats.pages_scanned;
+    stats.pages_in_parent = mem_stats.pages_in_parent;
     stats.pages_stored = stored.pages_stored;
     stats.zero_pages_skipped = stored.zero_pages_skipped;
 
@@ -301,11 +329,15 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats, DumpError> {
     if !posix_timers.processes.is_empty() {
         writer.write(&posix_timers)?;
     }
+    if !parent_runs.is_empty() {
+        writer.write(&ParentPagesImage {
+            parent: "staged".into(),
+            runs: parent_runs,
+        })?;
+    }
     writer.commit()?;
 
-    // 4. Only a complete image lets the tree go (killed, resumed or left stopped).
     stats.frozen_ms = ms(t_frozen);
-    frozen.finish(opts.final_state)?;
     stats.total_ms = ms(t0);
     info!(
         ?stats,
@@ -313,7 +345,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats, DumpError> {
         store_ms = mem_stats.store_ns / 1_000_000,
         "dump complete"
     );
-    Ok(stats)
+    Ok((stats, frozen))
 }
 
 /// PIDs as the image records them: those of the root's own PID namespace when the root is its

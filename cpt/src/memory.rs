@@ -17,8 +17,9 @@ use std::fs::File;
 use std::io::IoSliceMut;
 use std::os::unix::fs::FileExt;
 
-use images_format::mm::{MmFields, PageOwner, ProcessMm, ShmemObject, Vma, VmaKind};
+use images_format::mm::{MmFields, PageOwner, ParentRun, ProcessMm, ShmemObject, Vma, VmaKind};
 use images_format::pagestore::CHUNK_SIZE;
+use images_format::track::{SentArea, SentPagesImage};
 use images_format::PAGE_SIZE;
 use nix::sys::uio::{process_vm_readv, RemoteIoVec};
 use nix::unistd::{lseek, Whence};
@@ -31,6 +32,17 @@ const PM_PRESENT: u64 = 1 << 63;
 const PM_SWAP: u64 = 1 << 62;
 const PM_FILE: u64 = 1 << 61;
 const PAGE: u64 = PAGE_SIZE as u64;
+/// Swap type of a pagemap swap entry (bits 0-4 of the frame field; zero unless the reader has
+/// `CAP_SYS_ADMIN`), and the type the kernel gives PTE markers (the last one).
+const PM_SWAP_TYPE: u64 = 0x1f;
+const SWP_PTE_MARKER: u64 = 31;
+
+/// Whether a pagemap entry has contents: present, or really swapped out. A PTE marker shows as
+/// swapped but holds nothing: the userfaultfd write protection of a page never populated (a
+/// tracked area has one on each), a guard region (which reading would fault on).
+fn holds_data(e: u64) -> bool {
+    e & PM_PRESENT != 0 || (e & PM_SWAP != 0 && e & PM_SWAP_TYPE != SWP_PTE_MARKER)
+}
 
 /// Counters of what the memory dump stored.
 #[derive(Debug, Default, Clone, Copy)]
@@ -39,6 +51,8 @@ pub struct MemStats {
     pub read_ns: u64,
     pub store_ns: u64,
     pub pages_scanned: u64,
+    /// Pages left to the parent (`parent_runs`) instead of being stored.
+    pub pages_in_parent: u64,
 }
 
 pub struct MemDumper<'a> {
@@ -53,6 +67,12 @@ pub struct MemDumper<'a> {
     /// shared memory attachments are dumped only for segments of that namespace. `None` (a
     /// tree in the host's IPC namespace) makes any attachment an error.
     pub sysv_ipc_ns: Option<u64>,
+    /// What a live migration's destination already holds (see `images_format::track`): a
+    /// present page of a private anonymous area listed there that was sent and whose write
+    /// protection is still set is recorded in `parent_runs` instead of being stored.
+    pub sent_pages: Option<&'a SentPagesImage>,
+    /// Runs of pages the parent holds, consecutive pages coalesced.
+    pub parent_runs: Vec<ParentRun>,
 }
 
 fn io(
@@ -108,6 +128,8 @@ impl<'a> MemDumper<'a> {
             stats: MemStats::default(),
             image_pid: 0,
             sysv_ipc_ns: None,
+            sent_pages: None,
+            parent_runs: Vec::new(),
         }
     }
 
@@ -201,9 +223,12 @@ impl<'a> MemDumper<'a> {
                 | if m.write { libc::PROT_WRITE } else { 0 }
                 | if m.exec { libc::PROT_EXEC } else { 0 }) as u32;
             match &kind {
-                VmaKind::Anon => self.dump_pages(pid, &pagemap, &mut mem, m, false)?,
+                VmaKind::Anon => {
+                    let held = self.held_by_parent(pid, &pagemap, m)?;
+                    self.dump_pages(pid, &pagemap, &mut mem, m, false, held.as_deref())?
+                }
                 VmaKind::File { .. } if !m.shared => {
-                    self.dump_pages(pid, &pagemap, &mut mem, m, true)?
+                    self.dump_pages(pid, &pagemap, &mut mem, m, true, None)?
                 }
                 VmaKind::SharedAnon { id } => self.dump_shmem(pid, m, *id)?,
                 _ => {}
@@ -262,7 +287,69 @@ impl<'a> MemDumper<'a> {
         })
     }
 
-    /// Stores the pages of one private area that the restore cannot get elsewhere.
+    /// For a private anonymous area listed in `sent_pages`: per page of the area, whether the
+    /// parent holds its current contents (sent, and not written since: its asynchronous write
+    /// protection is still set). `None` when nothing is held, including an area that is no
+    /// longer under that protection (the tracker is gone, or the area was mapped anew).
+    fn held_by_parent(
+        &self,
+        pid: i32,
+        pagemap: &File,
+        m: &MapsLine,
+    ) -> Result<Option<Vec<bool>>, DumpError> {
+        let Some(area) = self
+            .sent_pages
+            .and_then(|s| s.area(pid, m.start, m.end))
+            .filter(|a| a.sent.iter().any(|&w| w != 0))
+        else {
+            return Ok(None);
+        };
+        let written = match sys::uffd::scan_written(pagemap, m.start, m.end, false) {
+            Ok(w) => w,
+            Err(sys::SysError::Syscall {
+                source: nix::errno::Errno::EPERM,
+                ..
+            }) => {
+                tracing::warn!(
+                    pid,
+                    area = format!("{:#x}-{:#x}", m.start, m.end),
+                    "area no longer write-protected: stored whole"
+                );
+                return Ok(None);
+            }
+            Err(e) => {
+                return Err(DumpError::Task {
+                    pid,
+                    what: format!("written pages at {:#x}-{:#x}", m.start, m.end),
+                    reason: format!(
+                        "{e}: {}",
+                        std::error::Error::source(&e).map_or(String::new(), |s| s.to_string())
+                    ),
+                })
+            }
+        };
+        Ok(Some(held_pages(area, &written)))
+    }
+
+    /// Records page `addr` of the process being dumped as held by the parent.
+    fn hold(&mut self, addr: u64) {
+        let owner = PageOwner::Process(self.image_pid);
+        self.stats.pages_in_parent += 1;
+        if let Some(last) = self.parent_runs.last_mut() {
+            if last.owner == owner && last.addr + last.nr_pages as u64 * PAGE == addr {
+                last.nr_pages += 1;
+                return;
+            }
+        }
+        self.parent_runs.push(ParentRun {
+            owner,
+            addr,
+            nr_pages: 1,
+        });
+    }
+
+    /// Stores the pages of one private area that the restore cannot get elsewhere; present
+    /// pages `held` by the parent are only recorded as parent runs.
     fn dump_pages(
         &mut self,
         pid: i32,
@@ -270,6 +357,7 @@ impl<'a> MemDumper<'a> {
         mem: &mut Option<File>,
         m: &MapsLine,
         file_backed: bool,
+        held: Option<&[bool]>,
     ) -> Result<(), DumpError> {
         let unreadable = if m.read {
             None
@@ -286,12 +374,22 @@ impl<'a> MemDumper<'a> {
             .read_exact_at(&mut raw, m.start / PAGE * 8)
             .map_err(io("read", format!("/proc/{pid}/pagemap")))?;
         self.stats.pages_scanned += nr as u64;
+        let entry =
+            |i: usize| u64::from_le_bytes(raw[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]));
+        let in_parent = |i: usize| {
+            held.is_some_and(|h| h.get(i).copied().unwrap_or(false)) && entry(i) & PM_PRESENT != 0
+        };
+        for i in (0..nr).filter(|&i| in_parent(i)) {
+            self.hold(m.start + i as u64 * PAGE);
+        }
         let wanted = |i: usize| {
-            let e = u64::from_le_bytes(raw[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]));
-            if file_backed {
-                (e & PM_PRESENT != 0 && e & PM_FILE == 0) || e & PM_SWAP != 0
+            let e = entry(i);
+            if in_parent(i) {
+                false
+            } else if file_backed {
+                (e & PM_PRESENT != 0 && e & PM_FILE == 0) || (e & PM_PRESENT == 0 && holds_data(e))
             } else {
-                e & (PM_PRESENT | PM_SWAP) != 0
+                holds_data(e)
             }
         };
         let max_run = CHUNK_SIZE / PAGE_SIZE;
@@ -427,5 +525,50 @@ impl<'a> MemDumper<'a> {
             off = hole;
         }
         Ok(())
+    }
+}
+
+/// Per page of `area`: sent and not among the `written` ranges.
+fn held_pages(area: &SentArea, written: &[(u64, u64)]) -> Vec<bool> {
+    let mut held: Vec<bool> = (0..area.pages()).map(|i| area.is_sent(i)).collect();
+    for &(s, e) in written {
+        let from = (s.max(area.start) - area.start) / PAGE;
+        let to = (e.min(area.end).max(area.start) - area.start) / PAGE;
+        for i in from..to {
+            if let Some(h) = held.get_mut(i as usize) {
+                *h = false;
+            }
+        }
+    }
+    held
+}
+
+#[cfg(test)]
+mod held_tests {
+    use super::*;
+
+    #[test]
+    fn markers_hold_no_data() {
+        // As read from /proc/PID/pagemap on this kernel: a present page; the uffd-wp marker
+        // of a page never populated (swap flag, uffd-wp bit, type 31, offset 1); a swapped
+        // page of swap file 0.
+        assert!(holds_data(0x8300_0000_004f_b7e2));
+        assert!(!holds_data(0x4200_0000_0000_003f));
+        assert!(holds_data(0x4000_0000_0000_0120));
+        assert!(!holds_data(0));
+    }
+
+    #[test]
+    fn written_pages_are_not_held() {
+        let area = SentArea {
+            start: 0x10000,
+            end: 0x10000 + 10 * PAGE,
+            sent: vec![0b11_1111_1101],
+        };
+        let held = held_pages(&area, &[(0x10000 + 3 * PAGE, 0x10000 + 5 * PAGE)]);
+        assert_eq!(
+            held,
+            vec![true, false, true, false, false, true, true, true, true, true]
+        );
     }
 }

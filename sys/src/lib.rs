@@ -16,6 +16,7 @@ pub mod ptrace;
 pub mod remote;
 pub mod signals;
 pub mod syscalls;
+pub mod uffd;
 pub mod unix_sock;
 pub mod xattr;
 

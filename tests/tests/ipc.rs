@@ -882,6 +882,7 @@ fn host_attachment_fails_the_dump() -> R<()> {
         final_state: cpt::FinalState::LeaveRunning,
         compress: None,
         tcp_established: false,
+        sent_pages: None,
     };
     match cpt::dump(&opts) {
         Ok(_) => return Err("the dump succeeded".into()),

@@ -368,6 +368,7 @@ pub fn chkpnt(
         // Connections to peers outside the VE survive: the network lock holds their packets
         // off (dropped, not refused) until the restore, as `vzctl chkpnt` always did.
         tcp_established: true,
+        sent_pages: None,
     })
     .map_err(|source| {
         if net::configured(&cfg) {
