@@ -243,8 +243,9 @@ impl ImageDir {
     }
 }
 
-/// Reads and validates the `T` record file of the image in `dir`.
-fn read_record<T: Image>(dir: &Path) -> Result<T> {
+/// Reads and validates the `T` record file in `dir`, which need not be an image (a
+/// `sent-pages` file, say): header, length cap, checksum and decoding as in an image.
+pub fn read_record<T: Image>(dir: &Path) -> Result<T> {
     let file = dir.join(T::KIND.file_name());
     let mut f = match File::open(&file) {
         Ok(f) => f,

@@ -52,7 +52,7 @@ use std::path::Path;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-pub use dir::{replace_record, ImageDir, ImageWriter};
+pub use dir::{read_record, replace_record, ImageDir, ImageWriter};
 pub use error::{FormatError, Result};
 pub use header::{FileHeader, HEADER_LEN};
 pub use inventory::Inventory;

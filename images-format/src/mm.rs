@@ -106,7 +106,7 @@ impl Image for PagemapImage {
     const KIND: ImageKind = ImageKind::Pagemap;
 }
 
-#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum PageOwner {
     Process(i32),
     Shmem(u64),

@@ -1,11 +1,14 @@
 //! Migration of VEs (`vzmigrate`): the QUIC transport with mutually pinned TLS 1.3
 //! certificates ([`transport`]), the private area's sync ([`fsync`]), and the offline
-//! migration of a running VE ([`offline`]: checkpoint, transfer, restore, commit). Online
-//! migration with memory pre-copy builds on these.
+//! migration of a running VE ([`offline`]: checkpoint, transfer, restore, commit), and online
+//! migration, which adds memory pre-copy rounds before the checkpoint ([`precopy`] on the
+//! source, [`staging`] on the destination).
 #![forbid(unsafe_code)]
 
 pub mod fsync;
 pub mod offline;
+pub mod precopy;
+pub mod staging;
 pub mod transport;
 
 #[derive(Debug, thiserror::Error)]
@@ -25,8 +28,21 @@ pub enum MigrateError {
     Connection(String),
     #[error("protocol")]
     Proto(#[from] proto::ProtoError),
-    #[error("the peer aborted: {0}")]
+    /// The migration stopped: what failed, on which side.
+    #[error("{0}")]
     Aborted(String),
 }
 
 pub type Result<T> = std::result::Result<T, MigrateError>;
+
+/// An error with its causes, as one line ("cannot write X: No space left on device").
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
+}

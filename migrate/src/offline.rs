@@ -21,6 +21,8 @@ use proto::{
 use serde::Serialize;
 use ve::Layout;
 
+use crate::precopy::{OnlineOptions, Precopy};
+use crate::staging::Staging;
 use crate::transport::{self, Identity, Trust};
 use crate::{fsync, MigrateError, Result};
 
@@ -39,6 +41,12 @@ pub struct Report {
     pub fs_bytes: u64,
     pub image_bytes: u64,
     pub wire_bytes: u64,
+    /// `online` (memory pre-copied while the VE ran) or `offline`.
+    pub mode: String,
+    /// The pre-copy rounds, in order (online only).
+    pub rounds: Vec<crate::precopy::RoundReport>,
+    /// Page bytes of the rounds over their bytes on the wire (1.0 without `--compress`).
+    pub compression_ratio: f64,
 }
 
 fn hello(host: &str) -> Hello {
@@ -46,7 +54,7 @@ fn hello(host: &str) -> Hello {
         version: proto::VERSION,
         engine: env!("CARGO_PKG_VERSION").to_string(),
         host: host.to_string(),
-        caps: vec!["offline".into()],
+        caps: vec!["offline".into(), "online".into(), "zstd".into()],
     }
 }
 
@@ -85,9 +93,12 @@ fn conn_err(e: impl std::fmt::Display) -> MigrateError {
 }
 
 /// Receives the next message, or fails on a closed stream or an `Abort`.
-async fn expect(rx: &mut quinn::RecvStream) -> Result<Message> {
+pub(crate) async fn expect(rx: &mut quinn::RecvStream) -> Result<Message> {
     match transport::recv(rx).await? {
-        Some(Message::Abort(a)) => Err(MigrateError::Aborted(a.reason)),
+        Some(Message::Abort(a)) => Err(MigrateError::Aborted(format!(
+            "the peer aborted: {}",
+            a.reason
+        ))),
         Some(m) => Ok(m),
         None => Err(MigrateError::Connection(
             "the peer closed the stream".into(),
@@ -95,7 +106,17 @@ async fn expect(rx: &mut quinn::RecvStream) -> Result<Message> {
     }
 }
 
-fn unexpected(m: &Message, wanted: &str) -> MigrateError {
+/// A failed send: if the peer stopped reading to say why (an `Abort`), its reason; else `e`.
+pub(crate) async fn peer_reason(rx: &mut quinn::RecvStream, e: MigrateError) -> MigrateError {
+    match tokio::time::timeout(Duration::from_secs(2), transport::recv(rx)).await {
+        Ok(Ok(Some(Message::Abort(a)))) => {
+            MigrateError::Aborted(format!("the peer aborted: {}", a.reason))
+        }
+        _ => e,
+    }
+}
+
+pub(crate) fn unexpected(m: &Message, wanted: &str) -> MigrateError {
     MigrateError::Connection(format!("expected {wanted}, got a {:?} message", m.kind()))
 }
 
@@ -108,6 +129,7 @@ pub async fn migrate(
     ctid: u32,
     dest: SocketAddr,
     keep_src: bool,
+    online: Option<OnlineOptions>,
     progress: Progress<'_>,
 ) -> Result<Report> {
     let t0 = Instant::now();
@@ -125,14 +147,23 @@ pub async fn migrate(
     let (mut tx, mut rx) = conn.open_bi().await.map_err(conn_err)?;
     let mut report = Report {
         ctid,
+        mode: if online.is_some() {
+            "online"
+        } else {
+            "offline"
+        }
+        .into(),
+        compression_ratio: 1.0,
         ..Default::default()
     };
     let mut wire = 0u64;
     macro_rules! send {
         ($m:expr) => {{
-            let m = $m;
-            wire += proto::encode(&m)?.len() as u64;
-            transport::send(&mut tx, &m).await?;
+            let frame = proto::encode(&$m)?;
+            wire += frame.len() as u64;
+            if let Err(e) = transport::send_frame(&mut tx, &frame).await {
+                return Err(peer_reason(&mut rx, e).await);
+            }
         }};
     }
 
@@ -190,18 +221,79 @@ pub async fn migrate(
     report.fs_files = files;
     report.fs_bytes = bytes;
 
+    // Online: memory rounds while the VE runs, until the rest fits the downtime budget.
+    let mut precopy = None;
+    if let Some(opts) = &online {
+        let cgroup =
+            ve::ops::cgroup_dir(layout, ctid).map_err(|e| MigrateError::Keys(e.to_string()))?;
+        let mut p = Precopy::arm(cgroup).await?;
+        loop {
+            if !p.rounds.is_empty() {
+                let pending = p.pending().await?;
+                if p.converged(pending, opts) {
+                    break;
+                }
+            }
+            let r = p.round(opts, &mut tx, &mut rx, &mut wire, progress).await?;
+            if sys::fault::hit("migrate.source.after-round") {
+                return Err(MigrateError::Aborted(sys::fault::message(
+                    "migrate.source.after-round",
+                )));
+            }
+            tracing::info!(
+                round = r.round,
+                pages = r.pages,
+                ms = r.ms,
+                "pre-copy round"
+            );
+        }
+        let raw: u64 = p.rounds.iter().map(|r| r.bytes).sum();
+        let sent: u64 = p.rounds.iter().map(|r| r.wire_bytes).sum();
+        if sent > 0 {
+            report.compression_ratio = raw as f64 / sent as f64;
+        }
+        report.rounds = p.rounds.clone();
+        precopy = Some(p);
+    }
+
     // Checkpoint: the VE stops here.
     let t_down = Instant::now();
     let image = layout.dump(ctid).with_extension("migrate");
     let _ = std::fs::remove_dir_all(&image);
     let image_s = image.to_string_lossy().into_owned();
     let id = ctid.to_string();
-    if let Err(e) = vzctl(layout, &vzctl_bin, &["chkpnt", &id, "--dumpfile", &image_s]) {
-        let _ = transport::send(&mut tx, &Message::Abort(Abort { reason: e.clone() })).await;
-        return Err(MigrateError::Aborted(format!(
-            "checkpoint on the source: {e}"
-        )));
-    }
+    let held = match &mut precopy {
+        // Online: the final dump stores only what was written since the last round, and
+        // holds the VE stopped (not killed) until the migration commits or aborts.
+        Some(p) => {
+            let sent = p.sent()?;
+            let sent_dir = layout.dump(ctid).with_extension("sent");
+            let held = write_sent(&sent_dir, &sent)
+                .and_then(|file| Held::start(layout, &vzctl_bin, &id, &image_s, &file));
+            p.disarm();
+            let _ = std::fs::remove_dir_all(&sent_dir);
+            match held {
+                Ok(h) => Some(h),
+                Err(e) => {
+                    let _ = transport::send(&mut tx, &Message::Abort(Abort { reason: e.clone() }))
+                        .await;
+                    return Err(MigrateError::Aborted(format!(
+                        "checkpoint on the source: {e}"
+                    )));
+                }
+            }
+        }
+        None => {
+            if let Err(e) = vzctl(layout, &vzctl_bin, &["chkpnt", &id, "--dumpfile", &image_s]) {
+                let _ =
+                    transport::send(&mut tx, &Message::Abort(Abort { reason: e.clone() })).await;
+                return Err(MigrateError::Aborted(format!(
+                    "checkpoint on the source: {e}"
+                )));
+            }
+            None
+        }
+    };
     // From here until the commit, a failure restores the VE here from its image.
     let outcome: Result<(u64, u64)> = async {
         // The private area again, now that the VE is stopped: only what changed since.
@@ -255,6 +347,11 @@ pub async fn migrate(
                 progress("image", (i * CHUNK + piece.len()) as u64, data.len() as u64);
             }
         }
+        if sys::fault::hit("migrate.source.before-final-state") {
+            return Err(MigrateError::Aborted(sys::fault::message(
+                "migrate.source.before-final-state",
+            )));
+        }
         send!(Message::FinalState(FinalState { records }));
         match expect(&mut rx).await? {
             Message::RestoreResult(r) if r.ok => Ok((image_bytes, wire)),
@@ -276,11 +373,16 @@ pub async fn migrate(
                 }),
             )
             .await;
-            let back = vzctl(
-                layout,
-                &vzctl_bin,
-                &["restore", &id, "--dumpfile", &image_s],
-            );
+            let back = match held {
+                // The held VE simply goes on (or, should that fail, stays suspended).
+                Some(h) => h.end("abort"),
+                None => vzctl(
+                    layout,
+                    &vzctl_bin,
+                    &["restore", &id, "--dumpfile", &image_s],
+                )
+                .map(drop),
+            };
             return Err(match back {
                 Ok(_) => {
                     let _ = std::fs::remove_dir_all(&image);
@@ -294,13 +396,34 @@ pub async fn migrate(
     };
     report.downtime_ms = t_down.elapsed().as_secs_f64() * 1000.0;
     report.image_bytes = image_bytes;
-    // Commit.
+    let mut held_after = held;
+    // Commit. A held VE learns first that it may never resume on its own: should this
+    // process die from here on, the VE stays suspended.
+    if let Some(h) = &mut held_after {
+        h.say("committing")
+            .map_err(|e| MigrateError::Aborted(format!("the held VE: {e}")))?;
+    }
     transport::send(&mut tx, &Message::Commit).await?;
+    // A crash here: the destination may commit; the VE must never run here again.
+    let _ = sys::fault::hit("migrate.source.after-commit-sent");
     let acked = tokio::time::timeout(COMMIT_TIMEOUT, expect(&mut rx)).await;
     if !matches!(acked, Ok(Ok(Message::CommitAck))) {
+        if let Some(h) = held_after {
+            let _ = h.end("suspend");
+            return Err(MigrateError::Aborted(format!(
+                "the destination did not acknowledge the commit: VE {ctid} stays suspended here; check the destination before resuming it (vzctl resume) or destroying it"
+            )));
+        }
         return Err(MigrateError::Aborted(format!(
             "the destination did not acknowledge the commit: VE {ctid} stays stopped here with its image in {image_s}; check the destination before restoring it"
         )));
+    }
+    if let Some(h) = held_after {
+        h.end("commit").map_err(|e| {
+            MigrateError::Aborted(format!(
+                "the VE runs on the destination; stopping it here failed: {e}"
+            ))
+        })?;
     }
     let _ = tx.finish();
     conn.close(0u32.into(), b"committed");
@@ -317,6 +440,87 @@ pub async fn migrate(
     report.wire_bytes = wire_now + 16;
     report.total_ms = t0.elapsed().as_secs_f64() * 1000.0;
     Ok(report)
+}
+
+/// Writes the tracker's `sent-pages` file into `dir` (made anew); returns its path.
+fn write_sent(
+    dir: &Path,
+    sent: &images_format::track::SentPagesImage,
+) -> std::result::Result<PathBuf, String> {
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+    images_format::replace_record(dir, sent).map_err(|e| e.to_string())?;
+    Ok(dir.join(images_format::ImageKind::SentPages.file_name()))
+}
+
+/// A VE dumped and held stopped by `vzctl chkpnt --hold`, until told (a line on its stdin)
+/// to `commit` (kill it: it runs elsewhere now), `abort` (let it go on) or `suspend` (leave
+/// it frozen). Told `committing` first, it stays suspended if its stdin closes without a
+/// word (this process died while the destination might have committed); before that, it
+/// goes on.
+pub(crate) struct Held {
+    child: std::process::Child,
+}
+
+impl Held {
+    fn start(
+        layout: &Layout,
+        vzctl: &Path,
+        id: &str,
+        image: &str,
+        sent: &Path,
+    ) -> std::result::Result<Self, String> {
+        use std::io::BufRead;
+        let mut child = Command::new(vzctl)
+            .args(["chkpnt", id, "--dumpfile", image, "--hold", "--sent-pages"])
+            .arg(sent)
+            .env("VZ_DIR", &layout.vz_dir)
+            .env("VZ_CGROUP", &layout.cgroup_name)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("run {}: {e}", vzctl.display()))?;
+        let mut line = String::new();
+        if let Some(out) = child.stdout.take() {
+            let _ = std::io::BufReader::new(out).read_line(&mut line);
+        }
+        if line.trim() == "held" {
+            return Ok(Held { child });
+        }
+        drop(child.stdin.take());
+        let out = child
+            .wait_with_output()
+            .map_err(|e| format!("wait for vzctl chkpnt: {e}"))?;
+        Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+    }
+
+    fn say(&mut self, word: &str) -> std::result::Result<(), String> {
+        use std::io::Write;
+        let stdin = self
+            .child
+            .stdin
+            .as_mut()
+            .ok_or("vzctl chkpnt --hold has no stdin")?;
+        writeln!(stdin, "{word}")
+            .and_then(|()| stdin.flush())
+            .map_err(|e| format!("tell vzctl chkpnt --hold to {word}: {e}"))
+    }
+
+    /// Tells the holder how to end and waits for it.
+    fn end(mut self, word: &str) -> std::result::Result<(), String> {
+        self.say(word)?;
+        drop(self.child.stdin.take());
+        let out = self
+            .child
+            .wait_with_output()
+            .map_err(|e| format!("wait for vzctl chkpnt --hold: {e}"))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+        }
+    }
 }
 
 /// Bytes of file data a message carries.
@@ -362,6 +566,7 @@ impl Drop for Incoming<'_> {
     fn drop(&mut self) {
         let Some(ctid) = self.ctid else { return };
         let mark = incoming_mark(self.layout, ctid);
+        let _ = std::fs::remove_dir_all(self.layout.dump(ctid).with_extension("staging"));
         if self.committed {
             let _ = std::fs::remove_dir_all(self.layout.dump(ctid).with_extension("incoming"));
             let _ = std::fs::remove_file(&mark);
@@ -430,6 +635,32 @@ fn image_name(name: &str) -> Result<&str> {
 /// The destination side of one migration, on an accepted connection.
 pub async fn receive(layout: &Layout, conn: quinn::Connection) -> Result<u32> {
     let (mut tx, mut rx) = conn.accept_bi().await.map_err(conn_err)?;
+    let r = receive_on(layout, &conn, &mut tx, &mut rx).await;
+    if let Err(e) = &r {
+        // Tell the source why (a full disk, a bad batch ...) before the connection goes (on
+        // a dead connection this fails at once); a failure it reported itself needs no answer.
+        if !e.to_string().starts_with("the peer aborted") {
+            // Stop reading: the source's next write fails at once and it reads this instead.
+            let _ = rx.stop(0u32.into());
+            let abort = Message::Abort(Abort {
+                reason: format!("on the destination: {}", crate::error_chain(e)),
+            });
+            if transport::send(&mut tx, &abort).await.is_ok() {
+                let _ = tx.finish();
+                let _ = tokio::time::timeout(Duration::from_secs(2), conn.closed()).await;
+            }
+        }
+    }
+    r
+}
+
+async fn receive_on(
+    layout: &Layout,
+    conn: &quinn::Connection,
+    tx: &mut quinn::SendStream,
+    rx: &mut quinn::RecvStream,
+) -> Result<u32> {
+    let (mut tx, mut rx) = (tx, rx);
     let mut incoming = Incoming {
         layout,
         ctid: None,
@@ -496,10 +727,52 @@ pub async fn receive(layout: &Layout, conn: quinn::Connection) -> Result<u32> {
         path: image.clone(),
         source,
     })?;
-    // Two passes of the private area (while running, then stopped), the image, the rest.
+    // Two passes of the private area (while running, then stopped), the memory rounds of an
+    // online migration (staged as they come), the image, the rest.
     let mut passes = 0;
+    let staging_dir = layout.dump(ctid).with_extension("staging");
+    let mut staging: Option<Staging> = None;
     loop {
         match expect(&mut rx).await? {
+            Message::RoundBegin(_) if staging.is_none() => {
+                staging = Some(Staging::create(&staging_dir)?);
+            }
+            Message::RoundBegin(_) => {}
+            Message::PageBatch(b) => {
+                let Some(st) = staging.as_mut() else {
+                    return Err(unexpected(&Message::PageBatch(b), "RoundBegin"));
+                };
+                let pages = b.pages();
+                if pages > crate::staging::MAX_BATCH_PAGES {
+                    return Err(MigrateError::Connection(format!(
+                        "the source sent a batch of {pages} pages"
+                    )));
+                }
+                let data = if b.compressed {
+                    zstd::bulk::decompress(&b.data, (pages * 4096) as usize).map_err(|e| {
+                        MigrateError::Connection(format!("a compressed page batch: {e}"))
+                    })?
+                } else {
+                    b.data
+                };
+                let owner = match b.owner {
+                    proto::PageOwner::Process(p) => images_format::mm::PageOwner::Process(p),
+                    proto::PageOwner::Shmem(id) => images_format::mm::PageOwner::Shmem(id),
+                    proto::PageOwner::SysvShm(id) => images_format::mm::PageOwner::SysvShm(id),
+                };
+                st.add(owner, &b.runs, &data)?;
+            }
+            Message::RoundEnd(r) => {
+                let pages_staged = staging.as_ref().map_or(0, |s| s.pages_received);
+                transport::send(
+                    &mut tx,
+                    &Message::RoundAck(proto::RoundAck {
+                        round: r.round,
+                        pages_staged,
+                    }),
+                )
+                .await?;
+            }
             // The second pass (after the checkpoint) writes over the first.
             Message::FsFile(f) => fsync::apply(&upper, &f, passes > 0)?,
             Message::FsDone(_) => passes += 1,
@@ -532,6 +805,13 @@ pub async fn receive(layout: &Layout, conn: quinn::Connection) -> Result<u32> {
                         source,
                     })?;
                 }
+                // The last dump's pages join the staged ones (not while the source waits
+                // for nothing: this is part of the downtime, and copies no staged page).
+                if let Some(st) = staging.take() {
+                    let m = st.merge(&image)?;
+                    tracing::info!(?m, "staged pages merged");
+                }
+                let _ = std::fs::remove_dir_all(&staging_dir);
                 break;
             }
             m => return Err(unexpected(&m, "FsFile, ImageChunk or FinalState")),
@@ -539,6 +819,11 @@ pub async fn receive(layout: &Layout, conn: quinn::Connection) -> Result<u32> {
     }
     let t = Instant::now();
     let image_s = image.to_string_lossy().into_owned();
+    if sys::fault::hit("migrate.dest.before-restore") {
+        return Err(MigrateError::Aborted(sys::fault::message(
+            "migrate.dest.before-restore",
+        )));
+    }
     let restored = vzctl(
         layout,
         &vzctl_path(),

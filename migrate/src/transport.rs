@@ -293,7 +293,8 @@ pub fn server(addr: SocketAddr, me: &Identity, trust: Trust) -> Result<quinn::En
         .map_err(tls)?;
     crypto.alpn_protocols = vec![ALPN.to_vec()];
     let quic = quinn::crypto::rustls::QuicServerConfig::try_from(crypto).map_err(tls)?;
-    let config = quinn::ServerConfig::with_crypto(Arc::new(quic));
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
+    config.transport_config(transport_config());
     quinn::Endpoint::server(config, addr)
         .map_err(|e| MigrateError::Connection(format!("listen on {addr}: {e}")))
 }
@@ -320,7 +321,9 @@ pub fn client(me: &Identity, trust: Trust) -> Result<quinn::Endpoint> {
     let mut ep = quinn::Endpoint::client(v6)
         .or_else(|_| quinn::Endpoint::client(v4))
         .map_err(|e| MigrateError::Connection(format!("bind: {e}")))?;
-    ep.set_default_client_config(quinn::ClientConfig::new(Arc::new(quic)));
+    let mut config = quinn::ClientConfig::new(Arc::new(quic));
+    config.transport_config(transport_config());
+    ep.set_default_client_config(config);
     Ok(ep)
 }
 
@@ -335,10 +338,32 @@ pub async fn connect(ep: &quinn::Endpoint, addr: SocketAddr) -> Result<quinn::Co
 /// Sends one message as a frame.
 pub async fn send(stream: &mut quinn::SendStream, msg: &Message) -> Result<()> {
     let frame = proto::encode(msg)?;
-    stream
-        .write_all(&frame)
-        .await
-        .map_err(|e| MigrateError::Connection(format!("send {:?}: {e}", msg.kind())))
+    send_frame(stream, &frame).await
+}
+
+/// Sends a frame made by `proto::encode` (on another thread, say).
+pub async fn send_frame(stream: &mut quinn::SendStream, frame: &[u8]) -> Result<()> {
+    stream.write_all(frame).await.map_err(|e| {
+        let kind = frame
+            .first_chunk::<{ proto::HEADER_LEN }>()
+            .and_then(|h| proto::FrameHeader::parse(h).ok())
+            .map_or_else(|| "a".into(), |h| format!("{:?}", h.kind));
+        MigrateError::Connection(format!("send {kind} message: {e}"))
+    })
+}
+
+/// A peer silent for this long is gone (a cut network, a dead host): the migration fails
+/// and each side cleans up. Keep-alives make silence mean exactly that, also while a side
+/// is busy dumping or restoring.
+pub const IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+fn transport_config() -> Arc<quinn::TransportConfig> {
+    let mut t = quinn::TransportConfig::default();
+    if let Ok(idle) = quinn::IdleTimeout::try_from(IDLE_TIMEOUT) {
+        t.max_idle_timeout(Some(idle));
+    }
+    t.keep_alive_interval(Some(std::time::Duration::from_secs(2)));
+    Arc::new(t)
 }
 
 /// Receives one message; `None` when the peer finished the stream between messages.

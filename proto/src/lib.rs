@@ -46,6 +46,7 @@
 //! messages ([`negotiate`]).
 #![forbid(unsafe_code)]
 
+mod bytes;
 mod frame;
 mod messages;
 

@@ -165,6 +165,7 @@ pub struct FsFile {
     /// For a regular file: its size, and a piece of its data at `offset`.
     pub size: u64,
     pub offset: u64,
+    #[serde(with = "crate::bytes")]
     pub data: Vec<u8>,
 }
 
@@ -215,6 +216,7 @@ pub struct PageBatch {
     pub owner: PageOwner,
     pub runs: Vec<(u64, u32)>,
     pub compressed: bool,
+    #[serde(with = "crate::bytes")]
     pub data: Vec<u8>,
 }
 
@@ -265,5 +267,6 @@ pub struct Abort {
 pub struct ImageChunk {
     pub name: String,
     pub offset: u64,
+    #[serde(with = "crate::bytes")]
     pub data: Vec<u8>,
 }

@@ -368,6 +368,12 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
         .map(|e| e.nr_pages as u64)
         .sum();
 
+    // A restore that fails at its very last step, every process built: all must go.
+    if sys::fault::hit("restore.before-release") {
+        return Err(RestoreError::Invalid(sys::fault::message(
+            "restore.before-release",
+        )));
+    }
     // 5. Release every thread of every process together, with its own signal mask.
     for p in &created.procs {
         let core = core_of(&img, p.pid)?;

@@ -8,6 +8,7 @@
 
 pub mod clone;
 pub mod events;
+pub mod fault;
 pub mod features;
 pub mod ipc;
 pub mod net;

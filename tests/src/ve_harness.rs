@@ -7,6 +7,33 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+/// A second "host" for migration scripts: host B is a network namespace joined to this one
+/// (host A, 10.98.0.1) by a veth pair, at 10.98.0.2, with its own `$VZ_DIR` ($VB) and cgroup
+/// root; `b CMD` runs CMD with B's settings, `on_b CMD` also in B's network namespace; the
+/// hosts trust each other's key and B's daemon listens ($DAEMON).
+pub const TWO_HOSTS: &str = r#"
+VB="$WORK/b"; CGB="$VZ_CGROUP/b"
+b() { VZ_DIR="$VB" VZ_CGROUP="$CGB" "$@"; }
+# Host B: a network namespace held by a sleeping process (same mounts and cgroups as A).
+unshare --net sleep 100000 &
+HB=$!
+until_true 5 test -e /proc/$HB/ns/net || fail "host B"
+on_b() { nsenter --net=/proc/$HB/ns/net env VZ_DIR="$VB" VZ_CGROUP="$CGB" "$@"; }
+sleep 0.1
+ip link add va type veth peer name vb netns $HB && ip addr add 10.98.0.1/24 dev va && ip link set va up || fail "veth"
+on_b sh -c 'ip link set lo up && ip addr add 10.98.0.2/24 dev vb && ip link set vb up' || fail "host B network"
+fa=$("$BIN/vzmigrate" keygen) || fail "keygen A"
+fb=$(b "$BIN/vzmigrate" keygen) || fail "keygen B"
+[ ${#fa} = 64 ] || fail "fingerprint: $fa"
+"$BIN/vzmigrate" trust "$fb" || fail "trust B"
+b "$BIN/vzmigrate" trust "$fa" || fail "trust A"
+"$BIN/vzmigrate" trust nonsense 2>/dev/null && fail "a bad fingerprint was accepted"
+# Not through on_b: a function in the background is a subshell, and $! would be its PID.
+nsenter --net=/proc/$HB/ns/net env VZ_DIR="$VB" VZ_CGROUP="$CGB" "$BIN/vzmigrate" --listen 10.98.0.2:4422 > "$WORK/daemon.log" 2>&1 &
+DAEMON=$!
+sleep 0.5
+"#;
+
 /// Helpers every script gets; `$BIN` holds vzctl, vzlist, vzinit and vzcpt, `$WORK` is a fresh
 /// directory.
 pub const PRELUDE: &str = r#"
@@ -65,7 +92,7 @@ pub fn bins() -> anyhow::Result<PathBuf> {
 }
 
 /// Removes `$VZ_CGROUP` and everything below it in every hierarchy (killing what is left).
-fn remove_cgroups(name: &str) {
+pub fn remove_cgroups(name: &str) {
     let Ok(hiers) = std::fs::read_dir("/sys/fs/cgroup") else {
         return;
     };

@@ -2,28 +2,7 @@
 //! and a second one joined to it by a veth pair (host B), each with its own `$VZ_DIR` and
 //! cgroup root; B runs the destination daemon. See `tests::ve_harness` for the trial setup.
 
-const TWO_HOSTS: &str = r#"
-VB="$WORK/b"; CGB="$VZ_CGROUP/b"
-b() { VZ_DIR="$VB" VZ_CGROUP="$CGB" "$@"; }
-# Host B: a network namespace held by a sleeping process (same mounts and cgroups as A).
-unshare --net sleep 100000 &
-HB=$!
-until_true 5 test -e /proc/$HB/ns/net || fail "host B"
-on_b() { nsenter --net=/proc/$HB/ns/net env VZ_DIR="$VB" VZ_CGROUP="$CGB" "$@"; }
-sleep 0.1
-ip link add va type veth peer name vb netns $HB && ip addr add 10.98.0.1/24 dev va && ip link set va up || fail "veth"
-on_b sh -c 'ip link set lo up && ip addr add 10.98.0.2/24 dev vb && ip link set vb up' || fail "host B network"
-fa=$("$BIN/vzmigrate" keygen) || fail "keygen A"
-fb=$(b "$BIN/vzmigrate" keygen) || fail "keygen B"
-[ ${#fa} = 64 ] || fail "fingerprint: $fa"
-"$BIN/vzmigrate" trust "$fb" || fail "trust B"
-b "$BIN/vzmigrate" trust "$fa" || fail "trust A"
-"$BIN/vzmigrate" trust nonsense 2>/dev/null && fail "a bad fingerprint was accepted"
-# Not through on_b: a function in the background is a subshell, and $! would be its PID.
-nsenter --net=/proc/$HB/ns/net env VZ_DIR="$VB" VZ_CGROUP="$CGB" "$BIN/vzmigrate" --listen 10.98.0.2:4422 > "$WORK/daemon.log" 2>&1 &
-DAEMON=$!
-sleep 0.5
-"#;
+use tests::ve_harness::TWO_HOSTS;
 
 /// A VE running a shell loop moves from A to B and back, five times: each time it runs on the
 /// other host from where it was (memory, /tmp, its private area) and is gone from the first;
@@ -113,8 +92,162 @@ status_is 122 absent || fail "VE 122 still on A"
 echo OK
 "#;
 
+/// Online migration of a VE whose program keeps writing its memory (64 MiB, about 2 MB/s) and
+/// checks all of it every half second against what it wrote: A to B with the default budget,
+/// then back with a budget so small that the rounds run to their limit, compressed. After each
+/// move the program goes on and its checks find every page as it left it.
+const ONLINE: &str = r#"
+vz create 123 --hostname writer --command "python3 /root/mw.py" || fail "create"
+mkdir -p "$VZ_DIR/private/123/upper/root"
+cat > "$VZ_DIR/private/123/upper/root/mw.py" <<'PY'
+import os, random, struct, time
+PAGES = 16384
+buf = bytearray(PAGES * 4096)
+gen = [0] * PAGES
+page = lambda i, g: struct.pack("<QQ", i, g) * 256
+for i in range(PAGES):
+    buf[i * 4096:(i + 1) * 4096] = page(i, 0)
+log = open("/root/memlog", "a", buffering=1)
+log.write("ready\n")
+checks = 0
+last = time.monotonic()
+while True:
+    for _ in range(5):
+        i = random.randrange(PAGES)
+        gen[i] += 1
+        buf[i * 4096:(i + 1) * 4096] = page(i, gen[i])
+    time.sleep(0.01)
+    if time.monotonic() - last > 0.5:
+        bad = [i for i in range(PAGES) if buf[i * 4096:(i + 1) * 4096] != page(i, gen[i])]
+        checks += 1
+        log.write(("BAD %d pages, first %d" % (len(bad), bad[0]) if bad else "ok %d %d" % (checks, sum(gen))) + "\n")
+        last = time.monotonic()
+PY
+vz start 123 || fail "start"
+log_a="$VZ_DIR/private/123/upper/root/memlog"
+log_b="$VB/private/123/upper/root/memlog"
+until_true 20 grep -q '^ok' "$log_a" || fail "the writer does not run: $(cat $log_a)"
+checks_go_on() { # LOG: two more good checks after now, none bad
+    local n=$(grep -c '^ok' "$1")
+    until_true 10 sh -c "[ \$(grep -c '^ok' $1) -ge $((n + 2)) ]" || fail "the writer's checks do not go on: $(tail -3 $1)"
+    grep BAD "$1" && fail "the writer found its memory changed"
+    return 0
+}
+out=$("$BIN/vzmigrate" --online --json 10.98.0.2 123 2>&1) || fail "online A->B: $out $(cat $WORK/daemon.log)"
+echo "A->B: $out"
+echo "$out" | python3 -c '
+import json, sys
+r = json.load(sys.stdin)
+assert r["mode"] == "online", r
+assert len(r["rounds"]) >= 1 and r["rounds"][0]["pages"] >= 16384, r["rounds"]
+assert r["image_bytes"] < r["rounds"][0]["bytes"], "the last dump stored the whole memory again"
+' || fail "report A->B"
+status_is 123 absent || fail "VE 123 is still on A: $(vz status 123)"
+[ "$(b "$BIN/vzctl" status 123)" = "VE 123 running" ] || fail "VE 123 on B: $(b "$BIN/vzctl" status 123)"
+checks_go_on "$log_b"
+"$BIN/vzmigrate" --listen 10.98.0.1:4422 > "$WORK/daemon-a.log" 2>&1 &
+sleep 0.5
+out=$(on_b "$BIN/vzmigrate" --online --downtime-ms 0 --max-rounds 3 --compress --json 10.98.0.1 123 2>&1) || fail "online B->A: $out $(cat $WORK/daemon-a.log)"
+echo "B->A: $out"
+echo "$out" | python3 -c '
+import json, sys
+r = json.load(sys.stdin)
+# At most the limit (3 rounds after the first); fewer only when nothing was left to send.
+assert 2 <= len(r["rounds"]) <= 4, r["rounds"]
+assert r["compression_ratio"] > 2, r["compression_ratio"]
+assert all(x["pages"] > 0 for x in r["rounds"]), r["rounds"]
+' || fail "report B->A"
+[ "$(b "$BIN/vzctl" status 123)" = "VE 123 absent" ] || fail "VE 123 is still on B"
+status_is 123 running || fail "VE 123 on A: $(vz status 123)"
+checks_go_on "$log_a"
+ls "$VB/dump" "$VZ_DIR/dump" 2>/dev/null | grep -q staging && fail "a staging area was left"
+echo OK
+"#;
+
+/// Failures injected at chosen phases of an online migration; after each the VE runs on the
+/// source as before (its loop goes on without a gap) and the destination holds nothing:
+/// the restore failing on the destination (a real restore, stopped by a failure point just
+/// before its processes would run), the network cut during the pre-copy (the link goes down),
+/// the destination's disk full (its dump directory on a 16 MiB tmpfs), and the source failing
+/// after a round. Last, the source is killed right after sending the commit: the VE runs on
+/// the destination and its source copy stays suspended, never running twice.
+const ONLINE_FAILURES: &str = r#"
+vz create 124 --command "$LOOP" || fail "create"
+mkdir -p "$VZ_DIR/private/124/upper/root"
+vz start 124 || fail "start"
+until_true 10 vz exec 124 test -s /tmp/count || fail "the loop does not run"
+nothing_on_b() {
+    until_true 15 sh -c "[ \"\$(VZ_DIR=$VB VZ_CGROUP=$CGB $BIN/vzctl status 124)\" = 'VE 124 absent' ]" || fail "$1: VE 124 left on B: $(b "$BIN/vzctl" status 124)"
+    until_true 15 sh -c "! ls $VB/dump 2>/dev/null | grep -q 124" || fail "$1: images left on B: $(ls $VB/dump)"
+    [ -e "$VB/private/124" ] && fail "$1: the private area was left on B"
+    return 0
+}
+runs_on_a() {
+    status_is 124 running || fail "$1: VE 124 on A is $(vz status 124)"
+    local last=$(tail -n1 "$VZ_DIR/private/124/upper/root/log")
+    until_true 5 sh -c "[ \$(tail -n1 $VZ_DIR/private/124/upper/root/log) -gt $last ]" || fail "$1: the loop does not go on on A"
+    log_contiguous 124 || fail "$1: the loop's log has a gap or restarted"
+}
+restart_daemon() { # ENV...: B's daemon again, with these variables
+    kill $DAEMON; wait $DAEMON 2>/dev/null
+    nsenter --net=/proc/$HB/ns/net env VZ_DIR="$VB" VZ_CGROUP="$CGB" "$@" "$BIN/vzmigrate" --listen 10.98.0.2:4422 >> "$WORK/daemon.log" 2>&1 &
+    DAEMON=$!
+    sleep 0.5
+}
+
+# 1. The restore fails on the destination.
+restart_daemon VZCPT_FAULT=restore.before-release
+out=$("$BIN/vzmigrate" --online 10.98.0.2 124 2>&1) && fail "migrated although the restore failed"
+echo "restore failed: $out"
+echo "$out" | grep -q "restore.before-release" || fail "the error does not say the restore failed: $out"
+runs_on_a "restore failed"; nothing_on_b "restore failed"
+
+# 2. The network is cut during the pre-copy (a slow link, so the rounds take a while).
+restart_daemon
+tc qdisc add dev va root tbf rate 40mbit burst 64kb latency 400ms || fail "tc"
+vz exec 124 sh -c 'head -c 48M /dev/urandom > /dev/shm/fill' || fail "fill"
+"$BIN/vzmigrate" --online 10.98.0.2 124 > "$WORK/cut.out" 2>&1 &
+M=$!
+until_true 20 sh -c "ls $VB/dump 2>/dev/null | grep -q staging" || fail "the pre-copy does not start: $(cat $WORK/cut.out)"
+ip link set va down
+wait $M && fail "migrated through a cut network"
+echo "network cut: $(cat $WORK/cut.out)"
+ip link set va up; tc qdisc del dev va root
+runs_on_a "network cut"; nothing_on_b "network cut"
+
+# 3. The destination's disk fills up.
+mkdir -p "$VB/dump" && mount -t tmpfs -o size=16m tmpfs "$VB/dump" || fail "small tmpfs"
+# Started through a shell that exits at once: the holder's parent becomes the VE's init.
+vz exec 124 sh -c 'python3 -c "import os, time; b = os.urandom(32 << 20); open(\"/tmp/held\", \"w\"); time.sleep(10**6)" >/dev/null 2>&1 &'
+until_true 10 vz exec 124 test -e /tmp/held || fail "the memory holder"
+out=$("$BIN/vzmigrate" --online 10.98.0.2 124 2>&1) && fail "migrated to a full disk"
+echo "disk full: $out"
+echo "$out" | grep -qi "no space left" || fail "the error does not say the disk is full: $out"
+nothing_on_b "disk full"; umount "$VB/dump" || fail "umount"
+runs_on_a "disk full"
+
+# 4. The source fails after a pre-copy round.
+out=$(VZCPT_FAULT=migrate.source.after-round "$BIN/vzmigrate" --online 10.98.0.2 124 2>&1) && fail "migrated through a failure point"
+echo "$out" | grep -q after-round || fail "source failure: $out"
+runs_on_a "source failure"; nothing_on_b "source failure"
+
+# 5. The source dies right after sending the commit.
+VZCPT_FAULT=migrate.source.after-commit-sent:kill "$BIN/vzmigrate" --online 10.98.0.2 124 > "$WORK/kill.out" 2>&1 && fail "the source was not killed"
+until_true 10 sh -c "[ \"\$(VZ_DIR=$VB VZ_CGROUP=$CGB $BIN/vzctl status 124)\" = 'VE 124 running' ]" || fail "VE 124 on B after the commit: $(b "$BIN/vzctl" status 124) $(cat $WORK/kill.out)"
+until_true 10 status_is 124 suspended || fail "the source's copy after its death: $(vz status 124)"
+echo OK
+"#;
+
 fn main() {
     tests::ve_harness::run_trials(vec![
+        (
+            "migrate_online_memory_writer",
+            format!("{TWO_HOSTS}\n{ONLINE}"),
+        ),
+        (
+            "migrate_online_failures_leave_the_ve_on_the_source",
+            format!("{TWO_HOSTS}\n{ONLINE_FAILURES}"),
+        ),
         (
             "migrate_offline_back_and_forth",
             format!("{TWO_HOSTS}\n{MIGRATE_BACK_AND_FORTH}"),

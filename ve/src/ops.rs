@@ -49,6 +49,11 @@ pub fn load_config(layout: &Layout, ctid: u32) -> Result<VeConfig> {
     VeConfig::load(&p)
 }
 
+/// The VE's cgroup v2 directory (what the dumper freezes and the page tracker arms).
+pub fn cgroup_dir(layout: &Layout, ctid: u32) -> Result<PathBuf> {
+    Ok(cgroups(layout, ctid)?.v2()?.to_path_buf())
+}
+
 fn cgroups(layout: &Layout, ctid: u32) -> Result<VeCgroups> {
     VeCgroups::of(ctid, &layout.cgroup_path(ctid))
 }
@@ -385,6 +390,127 @@ pub fn chkpnt(
         cleanup_stopped(layout, ctid, &cg)?;
     }
     Ok(stats)
+}
+
+/// How a VE held by [`chkpnt_hold`] ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HoldEnd {
+    /// It runs elsewhere now: killed here, left stopped with its network locked.
+    Commit,
+    /// The migration failed: it goes on here as before.
+    Abort,
+    /// Nobody knows where it runs: frozen here (status suspended) for an admin to decide.
+    Suspend,
+}
+
+/// A VE dumped and held stopped under ptrace by this process (see [`chkpnt_hold`]).
+pub struct HeldVe {
+    ctid: u32,
+    cfg: VeConfig,
+    frozen: cpt::seize::Frozen,
+    pub stats: cpt::DumpStats,
+}
+
+/// Reads a `sent-pages` file (written by vzmigrate's page tracker).
+pub fn read_sent_pages(file: &Path) -> Result<images_format::track::SentPagesImage> {
+    let fail = |what: String| VeError::Failed { ctid: 0, what };
+    let name = images_format::ImageKind::SentPages.file_name();
+    match (file.parent(), file.file_name()) {
+        (Some(dir), Some(n)) if n == name => {
+            images_format::read_record(dir).map_err(|e| fail(e.to_string()))
+        }
+        _ => Err(fail(format!("{} is not a {name} file", file.display()))),
+    }
+}
+
+/// `vzctl chkpnt --hold` (vzmigrate's last step of an online migration): dumps the VE like
+/// [`chkpnt`], its network locked, but keeps its processes stopped (under ptrace, TCP sockets
+/// in repair mode) until [`HeldVe::end`] says whether it runs elsewhere now. With `sent`,
+/// pages the destination holds already are referred to, not stored.
+pub fn chkpnt_hold(
+    layout: &Layout,
+    ctid: u32,
+    dir: &Path,
+    sent: Option<images_format::track::SentPagesImage>,
+) -> Result<HeldVe> {
+    expect(
+        layout,
+        ctid,
+        &[Status::Running],
+        "only a running VE can be migrated",
+    )?;
+    if dir.exists() {
+        return Err(VeError::Failed {
+            ctid,
+            what: format!("image {} already exists; remove it first", dir.display()),
+        });
+    }
+    let cg = cgroups(layout, ctid)?;
+    let cfg = load_config(layout, ctid)?;
+    if net::configured(&cfg) {
+        net::lock(ctid, &cfg)?;
+    }
+    let (stats, frozen) = cpt::dump_held(&cpt::DumpOptions {
+        target: cpt::Target::Cgroup(cg.v2()?.to_path_buf()),
+        dir: dir.to_path_buf(),
+        final_state: cpt::FinalState::Kill,
+        compress: None,
+        tcp_established: true,
+        sent_pages: sent,
+    })
+    .map_err(|source| {
+        if net::configured(&cfg) {
+            let _ = net::unlock(ctid, &cfg);
+        }
+        VeError::Dump { ctid, source }
+    })?;
+    // Frozen as well as stopped: should this process die, its tracees are let go, and the
+    // freezer keeps them from running until someone decides (the VE shows as suspended).
+    if let Err(e) = cg.set_frozen(true) {
+        drop(frozen);
+        if net::configured(&cfg) {
+            let _ = net::unlock(ctid, &cfg);
+        }
+        return Err(e);
+    }
+    Ok(HeldVe {
+        ctid,
+        cfg,
+        frozen,
+        stats,
+    })
+}
+
+impl HeldVe {
+    pub fn end(self, layout: &Layout, how: HoldEnd) -> Result<()> {
+        let (ctid, cfg) = (self.ctid, self.cfg);
+        let dump = |source| VeError::Dump { ctid, source };
+        let cg = cgroups(layout, ctid)?;
+        match how {
+            HoldEnd::Commit => {
+                // Thawed but still stopped under ptrace, then killed (sockets in repair mode
+                // vanish without a word to their peers).
+                cg.set_frozen(false)?;
+                self.frozen.finish(cpt::FinalState::Kill).map_err(dump)?;
+                cleanup_stopped(layout, ctid, &cg)
+            }
+            HoldEnd::Abort => {
+                cg.set_frozen(false)?;
+                self.frozen
+                    .finish(cpt::FinalState::LeaveRunning)
+                    .map_err(dump)?;
+                if net::configured(&cfg) {
+                    net::unlock(ctid, &cfg)?;
+                }
+                Ok(())
+            }
+            // Let go, but frozen: nothing runs until an admin resumes or destroys it.
+            HoldEnd::Suspend => self
+                .frozen
+                .finish(cpt::FinalState::LeaveRunning)
+                .map_err(dump),
+        }
+    }
 }
 
 /// `vzctl restore`: brings the VE back from its image. The default image is removed once the

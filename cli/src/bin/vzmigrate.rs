@@ -22,9 +22,20 @@ struct Cli {
     /// Run the destination daemon on this address (e.g. 0.0.0.0:4422).
     #[arg(long, value_name = "ADDR")]
     listen: Option<String>,
-    /// Live migration with memory pre-copy (not available yet: offline only).
+    /// Live migration: memory is copied in rounds while the VE runs; it stops only for the
+    /// pages written since the last round.
     #[arg(long)]
     online: bool,
+    /// Online: the longest the VE may stay stopped for its last pages, in milliseconds
+    /// (compared with what the last round measured).
+    #[arg(long, default_value_t = 100, value_name = "MS", requires = "online")]
+    downtime_ms: u64,
+    /// Online: pre-copy rounds after the first before giving up converging.
+    #[arg(long, default_value_t = 8, value_name = "N", requires = "online")]
+    max_rounds: u32,
+    /// Online: compress each page batch with zstd.
+    #[arg(long, requires = "online")]
+    compress: bool,
     /// Keep the VE's stopped copy (config and private area) on the source.
     #[arg(long)]
     keep_src: bool,
@@ -97,9 +108,11 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
     let (Some(dest), Some(ctid)) = (cli.dest, cli.ctid) else {
         anyhow::bail!("give DEST and CTID (or --listen ADDR, or a subcommand); see --help");
     };
-    if cli.online {
-        anyhow::bail!("online migration (memory pre-copy) is not implemented yet; migrate offline (without --online)");
-    }
+    let online = cli.online.then_some(migrate::precopy::OnlineOptions {
+        downtime_ms: cli.downtime_ms,
+        max_rounds: cli.max_rounds,
+        compress: cli.compress,
+    });
     // A bar on a terminal (indicatif draws nothing when stderr is not one), none with --json.
     let bar = if cli.json {
         indicatif::ProgressBar::hidden()
@@ -125,6 +138,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         ctid,
         addr(&dest)?,
         cli.keep_src,
+        online,
         &progress,
     ));
     bar.finish_and_clear();
@@ -132,9 +146,15 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
     if cli.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
+        for r in &report.rounds {
+            eprintln!(
+                "round {}: {} pages, {} bytes ({} on the wire) in {:.0} ms",
+                r.round, r.pages, r.bytes, r.wire_bytes, r.ms
+            );
+        }
         eprintln!(
-            "VE {ctid} moved to {dest}: total {:.0} ms, downtime {:.0} ms, private area {} files {} bytes, image {} bytes, {} bytes sent",
-            report.total_ms, report.downtime_ms, report.fs_files, report.fs_bytes, report.image_bytes, report.wire_bytes
+            "VE {ctid} moved to {dest} ({}): total {:.0} ms, downtime {:.0} ms, private area {} files {} bytes, image {} bytes, {} bytes sent, compression {:.2}",
+            report.mode, report.total_ms, report.downtime_ms, report.fs_files, report.fs_bytes, report.image_bytes, report.wire_bytes, report.compression_ratio
         );
     }
     Ok(0)

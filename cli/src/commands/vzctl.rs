@@ -89,6 +89,14 @@ pub struct ChkpntArgs {
     pub leave_running: bool,
     #[arg(long)]
     pub json: bool,
+    /// For vzmigrate: once the image is complete print `held` and keep the VE stopped until a
+    /// line on stdin says `commit` (kill it), `abort` (let it go on) or `suspend` (freeze it).
+    #[arg(long, hide = true, conflicts_with = "leave_running")]
+    pub hold: bool,
+    /// For vzmigrate: pages the destination holds already (a `sent-pages` file); the image
+    /// then refers to them in a `parent-pages` record instead of storing them.
+    #[arg(long, hide = true, value_name = "FILE", requires = "hold")]
+    pub sent_pages: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -196,6 +204,40 @@ pub fn run(cmd: &VzctlCommand) -> anyhow::Result<i32> {
         }
         VzctlCommand::Suspend(a) => ve::ops::suspend(&layout, a.ctid)?,
         VzctlCommand::Resume(a) => ve::ops::resume(&layout, a.ctid)?,
+        VzctlCommand::Chkpnt(a) if a.hold => {
+            let dir = a.dumpfile.clone().unwrap_or_else(|| layout.dump(a.ctid));
+            let sent = match &a.sent_pages {
+                Some(f) => Some(ve::ops::read_sent_pages(f)?),
+                None => None,
+            };
+            let held = ve::ops::chkpnt_hold(&layout, a.ctid, &dir, sent)?;
+            {
+                use std::io::Write;
+                let mut out = std::io::stdout().lock();
+                writeln!(out, "held")?;
+                out.flush()?;
+            }
+            let mut committing = false;
+            let mut end = None;
+            for line in std::io::stdin().lines() {
+                match line?.trim() {
+                    "committing" => committing = true,
+                    "commit" => end = Some(ve::ops::HoldEnd::Commit),
+                    "abort" => end = Some(ve::ops::HoldEnd::Abort),
+                    _ => end = Some(ve::ops::HoldEnd::Suspend),
+                }
+                if end.is_some() {
+                    break;
+                }
+            }
+            // Told nothing: abort, unless the destination may have committed already.
+            let end = end.unwrap_or(if committing {
+                ve::ops::HoldEnd::Suspend
+            } else {
+                ve::ops::HoldEnd::Abort
+            });
+            held.end(&layout, end)?;
+        }
         VzctlCommand::Chkpnt(a) => {
             let stats = ve::ops::chkpnt(&layout, a.ctid, a.dumpfile.as_deref(), a.leave_running)?;
             if a.json {

@@ -437,6 +437,79 @@ fn ve_bench(quick: bool) -> anyhow::Result<()> {
     r
 }
 
+/// The migration benchmark's script (run on the two-host topology of the migration tests):
+/// for each VE size and write rate, one offline and one online migration from A to B; a row
+/// of figures each, into `$MIGRATE_TABLE`.
+const MIGRATE_BENCH: &str = r#"
+gcc -O2 -o "$WORK/memwriter" "$SRC/tests/bench/memwriter.c" || fail "gcc memwriter"
+ctid=200
+for mb in $SIZES; do
+  for rate in $RATES; do
+    for mode in offline online; do
+      ctid=$((ctid + 1))
+      vz create $ctid --command "exec $WORK/memwriter $mb $rate" >/dev/null || fail "create $ctid"
+      vz start $ctid || fail "start $ctid"
+      until_true 60 vz exec $ctid test -e /tmp/ready || fail "VE $ctid not ready"
+      flag=""; [ $mode = online ] && flag="--online"
+      out=$("$BIN/vzmigrate" $flag --json 10.98.0.2 $ctid 2>&1) || fail "migrate $ctid: $out $(tail -5 $WORK/daemon.log)"
+      echo "$out" | MB=$mb RATE=$rate MODE=$mode python3 -c '
+import json, os, sys
+r = json.load(sys.stdin)
+mb, rate, mode = int(os.environ["MB"]), os.environ["RATE"], os.environ["MODE"]
+rounds = r["rounds"]
+first = rounds[0] if rounds else None
+stream = "%.2f GB/s" % (first["bytes"] / first["ms"] / 1e6) if first and first["ms"] > 0 else "-"
+print("| %d MiB | %s MB/s | %s | %.0f ms | %.0f ms | %d | %.2f | %s |" % (
+    mb, rate, mode, r["downtime_ms"], r["total_ms"], len(rounds),
+    r["wire_bytes"] / (mb << 20), stream))
+' >> "$MIGRATE_TABLE" || fail "report: $out"
+      b "$BIN/vzctl" stop $ctid --timeout 1 >/dev/null 2>&1
+      b "$BIN/vzctl" destroy $ctid >/dev/null 2>&1
+    done
+  done
+done
+echo OK
+"#;
+
+/// Offline and online migration of VEs of 256 MiB and 1 GiB written at 0, 10 and 100 MB/s,
+/// between two network namespaces of this machine.
+fn migrate_bench(quick: bool) -> anyhow::Result<()> {
+    let bin = tests::ve_harness::bins()?;
+    let table = PathBuf::from(IMG_ROOT).join("migrate-table.md");
+    let _ = std::fs::remove_file(&table);
+    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .context("the source tree")?
+        .to_path_buf();
+    let cgroup = format!("vzcpt-bench-mig-{}", std::process::id());
+    let r = tests::script::Script {
+        name: "migrate-bench",
+        prefix: "bench",
+        body: format!(
+            "{}\n{}\n{MIGRATE_BENCH}",
+            tests::ve_harness::PRELUDE,
+            tests::ve_harness::TWO_HOSTS
+        ),
+        unshare: &["--net"],
+        env: vec![
+            ("BIN", bin.to_string_lossy().into_owned()),
+            ("VZ_DIR", "{WORK}/vz".to_string()),
+            ("VZ_CGROUP", cgroup.clone()),
+            ("SRC", src.to_string_lossy().into_owned()),
+            ("MIGRATE_TABLE", table.to_string_lossy().into_owned()),
+            ("SIZES", if quick { "64" } else { "256 1024" }.to_string()),
+            ("RATES", if quick { "0 10" } else { "0 10 100" }.to_string()),
+        ],
+        timeout_s: 1800,
+    }
+    .run();
+    tests::ve_harness::remove_cgroups(&cgroup);
+    println!("| VE memory | written | mode | downtime | total | rounds | bytes sent / memory | first round stream |");
+    println!("|---|---|---|---|---|---|---|---|");
+    print!("{}", std::fs::read_to_string(&table).unwrap_or_default());
+    r.map_err(|e| anyhow::anyhow!(e))
+}
+
 fn main() -> anyhow::Result<()> {
     let quick = std::env::args().any(|a| a == "--quick");
     if std::process::id() != 1 {
@@ -499,6 +572,8 @@ fn main() -> anyhow::Result<()> {
     b.tree(if quick { 20 } else { 100 })?;
     println!();
     ve_bench(quick)?;
+    println!();
+    migrate_bench(quick)?;
     let _ = std::fs::remove_dir_all(IMG_ROOT);
     Ok(())
 }
