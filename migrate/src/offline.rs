@@ -660,17 +660,16 @@ async fn receive_on(
     tx: &mut quinn::SendStream,
     rx: &mut quinn::RecvStream,
 ) -> Result<u32> {
-    let (mut tx, mut rx) = (tx, rx);
     let mut incoming = Incoming {
         layout,
         ctid: None,
         committed: false,
     };
-    match expect(&mut rx).await? {
+    match expect(rx).await? {
         Message::Hello(h) => {
             if let Err(e) = proto::negotiate(proto::VERSION, h.version) {
                 let _ = transport::send(
-                    &mut tx,
+                    tx,
                     &Message::Abort(Abort {
                         reason: e.to_string(),
                     }),
@@ -681,14 +680,14 @@ async fn receive_on(
         }
         m => return Err(unexpected(&m, "Hello")),
     }
-    transport::send(&mut tx, &Message::HelloAck(hello(&hostname()))).await?;
-    let req = match expect(&mut rx).await? {
+    transport::send(tx, &Message::HelloAck(hello(&hostname()))).await?;
+    let req = match expect(rx).await? {
         Message::CheckRequest(r) => r,
         m => return Err(unexpected(&m, "CheckRequest")),
     };
     let problems = check(layout, &req);
     let refused = !problems.is_empty();
-    transport::send(&mut tx, &Message::CheckReply(CheckReply { problems })).await?;
+    transport::send(tx, &Message::CheckReply(CheckReply { problems })).await?;
     if refused {
         let _ = tx.finish();
         let _ = tokio::time::timeout(Duration::from_secs(10), conn.closed()).await;
@@ -707,7 +706,7 @@ async fn receive_on(
     })?;
     incoming.ctid = Some(ctid);
     let id = ctid.to_string();
-    match expect(&mut rx).await? {
+    match expect(rx).await? {
         Message::VeConfig(c) if c.ctid == ctid => {
             let cfg: ve::VeConfig = toml_free_parse(&c.config)?;
             ve::ops::create(layout, ctid, &cfg).map_err(|e| MigrateError::Keys(e.to_string()))?;
@@ -733,7 +732,7 @@ async fn receive_on(
     let staging_dir = layout.dump(ctid).with_extension("staging");
     let mut staging: Option<Staging> = None;
     loop {
-        match expect(&mut rx).await? {
+        match expect(rx).await? {
             Message::RoundBegin(_) if staging.is_none() => {
                 staging = Some(Staging::create(&staging_dir)?);
             }
@@ -765,7 +764,7 @@ async fn receive_on(
             Message::RoundEnd(r) => {
                 let pages_staged = staging.as_ref().map_or(0, |s| s.pages_received);
                 transport::send(
-                    &mut tx,
+                    tx,
                     &Message::RoundAck(proto::RoundAck {
                         round: r.round,
                         pages_staged,
@@ -835,7 +834,7 @@ async fn receive_on(
         restore_ms: t.elapsed().as_secs_f64() * 1000.0,
     };
     let ok = result.ok;
-    transport::send(&mut tx, &Message::RestoreResult(result.clone())).await?;
+    transport::send(tx, &Message::RestoreResult(result.clone())).await?;
     if !ok {
         // Let the result reach the source before the connection goes.
         let _ = tx.finish();
@@ -845,10 +844,10 @@ async fn receive_on(
             result.error.unwrap_or_default()
         )));
     }
-    match expect(&mut rx).await? {
+    match expect(rx).await? {
         Message::Commit => {
             incoming.committed = true;
-            let _ = transport::send(&mut tx, &Message::CommitAck).await;
+            let _ = transport::send(tx, &Message::CommitAck).await;
             let _ = tx.finish();
             // The source closes once it has the acknowledgement; do not wait on it for long.
             let _ = tokio::time::timeout(Duration::from_secs(5), conn.closed()).await;
