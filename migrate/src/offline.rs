@@ -896,14 +896,9 @@ pub async fn listen(layout: &Layout, addr: SocketAddr) -> Result<()> {
     let me = Identity::load(&dir)?;
     let ep = transport::server(addr, &me, Trust::load(&dir)?)?;
     tracing::info!(%addr, "listening");
-    while let Some(inc) = ep.accept().await {
-        let conn = match inc.await {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!("refused a connection: {e}");
-                continue;
-            }
-        };
+    // Handshakes run apart, bounded (see `transport::authenticated`); migrations one by one.
+    let mut clients = transport::authenticated(ep);
+    while let Some(conn) = clients.recv().await {
         let peer = conn.remote_address();
         match receive(layout, conn).await {
             Ok(ctid) => eprintln!("vzmigrate: VE {ctid} arrived from {peer}"),

@@ -12,6 +12,7 @@ use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use proto::{FrameHeader, Message, HEADER_LEN};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -366,20 +367,97 @@ fn transport_config() -> Arc<quinn::TransportConfig> {
     Arc::new(t)
 }
 
-/// Receives one message; `None` when the peer finished the stream between messages.
+/// How long a frame that has begun may go without a byte of it arriving: a peer that stops in
+/// the middle of a message (keeping its connection alive, so QUIC's idle timeout never fires)
+/// is dropped after that, rather than holding the daemon for ever.
+pub const FRAME_STALL_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// How much of a payload is allocated before its bytes arrive: the rest grows with the data,
+/// so a header announcing a frame at its kind's cap (256 MiB for `FinalState`) that never
+/// comes costs nothing.
+const PAYLOAD_PREALLOC: usize = 1 << 20;
+
+/// One read of a frame already begun, within [`FRAME_STALL_TIMEOUT`].
+async fn read_more<T>(
+    what: &str,
+    read: impl std::future::Future<Output = std::result::Result<Option<T>, quinn::ReadError>>,
+) -> Result<T> {
+    match tokio::time::timeout(FRAME_STALL_TIMEOUT, read).await {
+        Ok(Ok(Some(v))) => Ok(v),
+        Ok(Ok(None)) => Err(MigrateError::Connection(format!(
+            "receive {what}: the peer ended the stream in the middle of a message"
+        ))),
+        Ok(Err(e)) => Err(MigrateError::Connection(format!("receive {what}: {e}"))),
+        Err(_) => Err(MigrateError::Connection(format!(
+            "receive {what}: the peer sent nothing for {} s in the middle of a message",
+            FRAME_STALL_TIMEOUT.as_secs()
+        ))),
+    }
+}
+
+/// Receives one message; `None` when the peer finished the stream between messages. Waiting
+/// for a message has no limit here (the phases of a migration set their own); once its first
+/// byte came, the rest must keep coming (see [`FRAME_STALL_TIMEOUT`]).
 pub async fn recv(stream: &mut quinn::RecvStream) -> Result<Option<Message>> {
     let mut h = [0u8; HEADER_LEN];
-    match stream.read_exact(&mut h).await {
-        Ok(()) => {}
-        Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(None),
+    let mut got = match stream.read(&mut h).await {
+        Ok(Some(n)) => n,
+        Ok(None) => return Ok(None),
         Err(e) => return Err(MigrateError::Connection(format!("receive: {e}"))),
+    };
+    while got < HEADER_LEN {
+        got += read_more("a frame header", stream.read(&mut h[got..])).await?;
     }
     let header = FrameHeader::parse(&h)?;
-    let mut payload = vec![0u8; header.len as usize];
-    stream.read_exact(&mut payload).await.map_err(|e| {
-        MigrateError::Connection(format!("receive a {:?} message: {e}", header.kind))
-    })?;
+    let len = header.len as usize;
+    let what = format!("a {:?} message", header.kind);
+    let mut payload = Vec::with_capacity(len.min(PAYLOAD_PREALLOC));
+    while payload.len() < len {
+        let chunk = read_more(&what, stream.read_chunk(len - payload.len(), true)).await?;
+        payload.extend_from_slice(&chunk.bytes);
+    }
     Ok(Some(proto::decode_payload(header, &payload)?))
+}
+
+/// How long a client may take to complete its handshake.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Handshakes under way at once; clients past that are refused at once.
+const MAX_HANDSHAKES: usize = 64;
+
+/// Accepts clients on `ep` and yields those that completed the handshake (hence are trusted),
+/// in the order they did. Handshakes run side by side, each bounded by [`HANDSHAKE_TIMEOUT`],
+/// at most [`MAX_HANDSHAKES`] at once: a client that never finishes its handshake, or a flood
+/// of them, does not keep the daemon from serving the others.
+pub fn authenticated(ep: quinn::Endpoint) -> tokio::sync::mpsc::Receiver<quinn::Connection> {
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
+    tokio::spawn(async move {
+        while let Some(inc) = ep.accept().await {
+            let peer = inc.remote_address();
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                tracing::warn!(%peer, "refused a connection: {MAX_HANDSHAKES} handshakes under way");
+                inc.refuse();
+                continue;
+            };
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let conn = match tokio::time::timeout(HANDSHAKE_TIMEOUT, inc).await {
+                    Ok(Ok(c)) => c,
+                    Ok(Err(e)) => {
+                        tracing::warn!(%peer, "refused a connection: {e}");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::warn!(%peer, "refused a connection: no handshake within {HANDSHAKE_TIMEOUT:?}");
+                        return;
+                    }
+                };
+                drop(slot);
+                let _ = tx.send(conn).await;
+            });
+        }
+    });
+    rx
 }
 
 #[cfg(test)]
