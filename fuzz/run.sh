@@ -13,7 +13,8 @@ cd "$(dirname "$0")"
 SECONDS_EACH=${1:-60}
 shift || true
 ALL=(record_inventory record_pstree record_core record_mm record_pagemap record_files
-     record_pipes record_ns record_ipc record_tmpfs record_timers pagestore proto_frame
+     record_pipes record_ns record_ipc record_tmpfs record_timers record_parent_pages
+     record_sent_pages pagestore proto_frame
      proto_message)
 if [ $# -gt 0 ]; then TARGETS=("$@"); else TARGETS=("${ALL[@]}"); fi
 export RUSTC_BOOTSTRAP=1

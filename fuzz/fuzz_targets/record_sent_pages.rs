@@ -1,0 +1,6 @@
+//! The `:SentPagesImage:sent-pages` record file, read as a restore reads it (header, caps, checksum, postcard).
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    vzcpt_fuzz::record::<images_format::track>(data);
+});
