@@ -238,11 +238,94 @@ until_true 10 status_is 124 suspended || fail "the source's copy after its death
 echo OK
 "#;
 
+/// Three hosts on one LAN (a bridge in A; B and a client host C joined to it): redis runs in a
+/// VE whose address (10.98.0.50) A announces; a client on C writes 1000 keys over one
+/// connection, the VE moves to B online (while C keeps asking), and over the same connection
+/// every key is there and new writes work; A no longer answers for the address, B does.
+const REDIS_ONE_LAN: &str = r#"
+command -v redis-server >/dev/null || fail "redis-server is not installed"
+ip link add br0 type bridge && ip link set br0 up && ip addr add 10.98.0.1/24 dev br0 || fail "bridge"
+VB="$WORK/b"; CGB="$VZ_CGROUP/b"
+b() { VZ_DIR="$VB" VZ_CGROUP="$CGB" "$@"; }
+unshare --net sleep 100000 &
+HB=$!
+unshare --net sleep 100000 &
+HC=$!
+until_true 5 test -e /proc/$HC/ns/net || fail "hosts"
+sleep 0.1
+on_b() { nsenter --net=/proc/$HB/ns/net env VZ_DIR="$VB" VZ_CGROUP="$CGB" "$@"; }
+on_c() { nsenter --net=/proc/$HC/ns/net "$@"; }
+ip link add va type veth peer name vb netns $HB && ip link set va master br0 up || fail "veth B"
+ip link add vac type veth peer name vc netns $HC && ip link set vac master br0 up || fail "veth C"
+on_b sh -c 'ip link set lo up && ip addr add 10.98.0.2/24 dev vb && ip link set vb up' || fail "B network"
+on_c sh -c 'ip link set lo up && ip addr add 10.98.0.3/24 dev vc && ip link set vc up' || fail "C network"
+fb=$(b "$BIN/vzmigrate" keygen) && fa=$("$BIN/vzmigrate" keygen) || fail "keygen"
+"$BIN/vzmigrate" trust "$fb" && b "$BIN/vzmigrate" trust "$fa" || fail "trust"
+nsenter --net=/proc/$HB/ns/net env VZ_DIR="$VB" VZ_CGROUP="$CGB" "$BIN/vzmigrate" --listen 10.98.0.2:4422 > "$WORK/daemon.log" 2>&1 &
+cat > "$WORK/client.py" <<'PY'
+import os, socket, sys, time
+w = sys.argv[1]
+for _ in range(400):
+    try:
+        s = socket.create_connection(("10.98.0.50", 6379), timeout=30)
+        break
+    except OSError:
+        time.sleep(0.05)
+f = s.makefile("rb")
+port = s.getsockname()[1]
+def cmd(c):
+    s.sendall(c.encode() + b"\r\n")
+    return f.readline()
+def get(k):
+    s.sendall(("GET %s\r\n" % k).encode())
+    n = f.readline()
+    return f.readline().strip().decode() if n.startswith(b"$") and n != b"$-1\r\n" else None
+try:
+    for i in range(1000):
+        assert cmd("SET key%d value%d" % (i, i)) == b"+OK\r\n"
+    open(w + "/written", "w").close()
+    # Asks all along, through the migration.
+    n = 0
+    while not os.path.exists(w + "/moved"):
+        assert get("key%d" % (n % 1000)) == "value%d" % (n % 1000), "key%d" % (n % 1000)
+        n += 1
+        time.sleep(0.005)
+    bad = [i for i in range(1000) if get("key%d" % i) != "value%d" % i]
+    assert not bad, "keys lost: %r" % bad[:5]
+    assert cmd("SET after migration") == b"+OK\r\n" and get("after") == "migration"
+    assert s.getsockname()[1] == port
+    open(w + "/client", "w").write("PASS %d reads during the move" % n)
+except Exception as e:
+    open(w + "/client", "w").write("FAIL %r" % (e,))
+PY
+vz create 125 --command 'exec redis-server --bind 0.0.0.0 --port 6379 --save "" --appendonly no --protected-mode no --daemonize no' || fail "create"
+vz set 125 --ipadd 10.98.0.50 --save || fail "ipadd"
+vz start 125 || fail "start"
+ip neigh show proxy | grep -q "10.98.0.50 dev br0" || fail "A does not announce the VE: $(ip neigh show proxy)"
+on_c python3 "$WORK/client.py" "$WORK" &
+until_true 30 test -e "$WORK/written" || fail "the client did not write its keys: $(cat $WORK/client 2>/dev/null)"
+out=$("$BIN/vzmigrate" --online --json 10.98.0.2 125 2>&1) || fail "migrate: $out $(cat $WORK/daemon.log)"
+echo "redis: $out"
+touch "$WORK/moved"; wait %4 2>/dev/null
+until_true 30 test -s "$WORK/client" || fail "the client hangs"
+case "$(cat $WORK/client)" in PASS*) ;; *) fail "client: $(cat $WORK/client)";; esac
+ip neigh show proxy | grep -q 10.98.0.50 && fail "A still answers for the VE's address"
+on_b ip neigh show proxy | grep -q "10.98.0.50 dev vb" || fail "B does not announce the VE: $(on_b ip neigh show proxy)"
+[ "$(b "$BIN/vzctl" status 125)" = "VE 125 running" ] || fail "VE 125 on B"
+status_is 125 absent || fail "VE 125 on A: $(vz status 125)"
+echo "client: $(cat $WORK/client)"
+echo OK
+"#;
+
 fn main() {
     tests::ve_harness::run_trials(vec![
         (
             "migrate_online_memory_writer",
             format!("{TWO_HOSTS}\n{ONLINE}"),
+        ),
+        (
+            "migrate_online_redis_with_a_client_on_the_lan",
+            REDIS_ONE_LAN.to_string(),
         ),
         (
             "migrate_online_failures_leave_the_ve_on_the_source",

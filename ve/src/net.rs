@@ -8,6 +8,10 @@
 //! and the VE's addresses keep their prefixes. Links, addresses and routes are configured with
 //! iproute2 (`ip`, through `nsenter --net` for the VE's side), as vzctl's network scripts did.
 //!
+//! On the LAN, the host answers ARP for the VE's IPv4 addresses on each interface whose subnet
+//! holds them (proxy neighbour entries), so the address moves with the VE between hosts of
+//! one LAN; IPv6 addresses are routed only (no proxy NDP yet).
+//!
 //! The network lock of a checkpoint: every VE address gets a blackhole route on the host
 //! (bridge mode: the host end goes down), so that packets to the VE are dropped silently
 //! while it is frozen, dumped and restored: its TCP peers retransmit and see neither a reset
@@ -168,7 +172,77 @@ pub fn setup(ctid: u32, cfg: &VeConfig, init_pid: i32, dumped: Option<&NetState>
         "1",
     )?;
     write_sysctl(ctid, "/proc/sys/net/ipv4/ip_forward", "1")?;
-    unlock(ctid, cfg)
+    unlock(ctid, cfg)?;
+    announce(ctid, cfg)
+}
+
+/// The host's interfaces on which IPv4 address `addr` of a VE is announced: every interface
+/// but loopback and the VEs' host ends with an address whose subnet holds it.
+fn lan_interfaces(ctid: u32, addr: std::net::Ipv4Addr) -> Vec<String> {
+    let Ok(out) = ip(ctid, &["-o", "-4", "addr", "show"]) else {
+        return Vec::new();
+    };
+    let mut found = Vec::new();
+    for line in out.lines() {
+        // "2: br0    inet 10.98.0.1/24 brd 10.98.0.255 scope global br0 ..."
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let (Some(name), Some(cidr)) = (f.get(1), f.get(3)) else {
+            continue;
+        };
+        let name = name.split('@').next().unwrap_or(name);
+        if name == "lo" || name.starts_with("veth") || found.iter().any(|n| n == name) {
+            continue;
+        }
+        let Some((net, prefix)) = cidr.split_once('/') else {
+            continue;
+        };
+        let (Ok(net), Ok(prefix)) = (net.parse::<std::net::Ipv4Addr>(), prefix.parse::<u32>())
+        else {
+            continue;
+        };
+        if prefix == 0 || prefix >= 32 {
+            continue;
+        }
+        let mask = u32::MAX << (32 - prefix);
+        if u32::from(net) & mask == u32::from(addr) & mask {
+            found.push(name.to_string());
+        }
+    }
+    found
+}
+
+fn v4_addresses(cfg: &VeConfig) -> Vec<std::net::Ipv4Addr> {
+    cfg.ipadd
+        .iter()
+        .filter_map(|a| a.split('/').next()?.parse().ok())
+        .collect()
+}
+
+/// Routed mode: the host answers ARP for the VE's IPv4 addresses on its LAN interfaces
+/// (proxy neighbour entries, as vzctl's `vzarp` did), so peers on the LAN reach the VE
+/// through this host, wherever it was before: after a migration, the old host's entries go
+/// with the VE and the new host's answer.
+pub fn announce(ctid: u32, cfg: &VeConfig) -> Result<()> {
+    if cfg.bridge.is_some() {
+        return Ok(());
+    }
+    for a in v4_addresses(cfg) {
+        let a_s = a.to_string();
+        for dev in lan_interfaces(ctid, a) {
+            ip(ctid, &["neigh", "replace", "proxy", &a_s, "dev", &dev])?;
+        }
+    }
+    Ok(())
+}
+
+/// Stops answering ARP for the VE's addresses (see [`announce`]).
+fn withdraw(ctid: u32, cfg: &VeConfig) {
+    for a in v4_addresses(cfg) {
+        let a_s = a.to_string();
+        for dev in lan_interfaces(ctid, a) {
+            let _ = ip(ctid, &["neigh", "del", "proxy", &a_s, "dev", &dev]);
+        }
+    }
 }
 
 /// Drops traffic to the VE silently (see the module docs).
@@ -204,6 +278,7 @@ pub fn unlock(ctid: u32, cfg: &VeConfig) -> Result<()> {
 
 /// Removes what `setup` and `lock` left on the host once the VE is gone.
 pub fn teardown(ctid: u32, cfg: &VeConfig) {
+    withdraw(ctid, cfg);
     for a in &cfg.ipadd {
         let family = if a.contains(':') { "-6" } else { "-4" };
         let _ = ip(ctid, &[family, "route", "del", &host_route(a)]);

@@ -492,7 +492,10 @@ impl HeldVe {
                 // vanish without a word to their peers).
                 cg.set_frozen(false)?;
                 self.frozen.finish(cpt::FinalState::Kill).map_err(dump)?;
-                cleanup_stopped(layout, ctid, &cg)
+                cleanup_stopped(layout, ctid, &cg)?;
+                // Its addresses live elsewhere now: no blackhole, no ARP answers here.
+                net::teardown(ctid, &cfg);
+                Ok(())
             }
             HoldEnd::Abort => {
                 cg.set_frozen(false)?;
