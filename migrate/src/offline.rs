@@ -183,7 +183,12 @@ pub async fn migrate(
             .map(|u| u.release().to_string_lossy().into_owned())
             .unwrap_or_default(),
         needed_bytes: du(&private),
-        features: Vec::new(),
+        // What works here; the destination checks those its restore needs.
+        features: sys::features::probe_all()
+            .into_iter()
+            .filter(|f| f.present)
+            .map(|f| f.name.to_string())
+            .collect(),
     }));
     match expect(&mut rx).await? {
         Message::CheckReply(r) if r.problems.is_empty() => {}
@@ -599,6 +604,25 @@ fn check(layout: &Layout, req: &CheckRequest) -> Vec<String> {
             std::env::consts::ARCH,
             req.arch
         ));
+    }
+    // The kernel facilities a restore of the VE needs, where the source has them (a source
+    // without one could not have dumped it the way the restore expects).
+    const RESTORE_NEEDS: [&str; 5] = [
+        "clone3 with set_tid",
+        "PR_SET_MM_MAP",
+        "pidfd_open",
+        "pidfd_getfd",
+        "PTRACE_O_TRACESYSGOOD and seize",
+    ];
+    let here = sys::features::probe_all();
+    for name in req
+        .features
+        .iter()
+        .filter(|n| RESTORE_NEEDS.contains(&n.as_str()))
+    {
+        if !here.iter().any(|f| f.present && f.name == name) {
+            problems.push(format!("this kernel lacks {name}, which the restore needs"));
+        }
     }
     let ours = sys::syscalls::xcr0();
     if req.xsave_features & !ours != 0 {

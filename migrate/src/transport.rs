@@ -296,8 +296,33 @@ pub fn server(addr: SocketAddr, me: &Identity, trust: Trust) -> Result<quinn::En
     let quic = quinn::crypto::rustls::QuicServerConfig::try_from(crypto).map_err(tls)?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
     config.transport_config(transport_config());
-    quinn::Endpoint::server(config, addr)
+    let socket =
+        udp_socket(addr).map_err(|e| MigrateError::Connection(format!("listen on {addr}: {e}")))?;
+    endpoint(Some(config), socket)
         .map_err(|e| MigrateError::Connection(format!("listen on {addr}: {e}")))
+}
+
+/// Bytes of socket buffer each way: a page stream arrives in bursts of 4 MiB batches, which
+/// the default buffer (about 200 KiB) drops in part, and QUIC then slows down as for a
+/// congested path. The kernel caps it at net.core.rmem_max/wmem_max.
+const UDP_BUFFER: usize = 4 << 20;
+
+fn udp_socket(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    use nix::sys::socket::{setsockopt, sockopt};
+    let socket = std::net::UdpSocket::bind(addr)?;
+    // Best effort: a smaller buffer only makes the stream slower.
+    let _ = setsockopt(&socket, sockopt::RcvBuf, &UDP_BUFFER);
+    let _ = setsockopt(&socket, sockopt::SndBuf, &UDP_BUFFER);
+    Ok(socket)
+}
+
+fn endpoint(
+    server: Option<quinn::ServerConfig>,
+    socket: std::net::UdpSocket,
+) -> std::io::Result<quinn::Endpoint> {
+    let runtime = quinn::default_runtime()
+        .ok_or_else(|| std::io::Error::other("no async runtime for QUIC"))?;
+    quinn::Endpoint::new(quinn::EndpointConfig::default(), server, socket, runtime)
 }
 
 /// A connecting endpoint: it talks only to servers with a trusted certificate.
@@ -319,8 +344,9 @@ pub fn client(me: &Identity, trust: Trust) -> Result<quinn::Endpoint> {
     // Dual-stack where the host has IPv6, IPv4 only otherwise.
     let v6 = SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0));
     let v4 = SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, 0));
-    let mut ep = quinn::Endpoint::client(v6)
-        .or_else(|_| quinn::Endpoint::client(v4))
+    let mut ep = udp_socket(v6)
+        .or_else(|_| udp_socket(v4))
+        .and_then(|s| endpoint(None, s))
         .map_err(|e| MigrateError::Connection(format!("bind: {e}")))?;
     let mut config = quinn::ClientConfig::new(Arc::new(quic));
     config.transport_config(transport_config());
@@ -364,6 +390,10 @@ fn transport_config() -> Arc<quinn::TransportConfig> {
         t.max_idle_timeout(Some(idle));
     }
     t.keep_alive_interval(Some(std::time::Duration::from_secs(2)));
+    // Room for a few 4 MiB page batches in flight.
+    t.stream_receive_window(quinn::VarInt::from_u32(32 << 20));
+    t.receive_window(quinn::VarInt::from_u32(64 << 20));
+    t.send_window(64 << 20);
     Arc::new(t)
 }
 

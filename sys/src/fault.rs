@@ -36,6 +36,7 @@ pub fn hit(name: &str) -> bool {
 }
 
 /// The action `spec` (a `VZCPT_FAULT` value) gives point `name`, if it arms it.
+#[cfg(any(debug_assertions, test))]
 fn action<'a>(spec: &'a str, name: &str) -> Option<&'a str> {
     spec.split(',').find_map(|item| {
         let (point, action) = item.split_once(':').unwrap_or((item, "fail"));

@@ -97,7 +97,8 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         None => {}
     }
-    let rt = tokio::runtime::Builder::new_current_thread()
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
         .enable_all()
         .build()?;
     if let Some(listen) = cli.listen {

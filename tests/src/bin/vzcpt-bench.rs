@@ -1,11 +1,14 @@
-//! The benchmark harness: `cargo run --release -p tests --bin vzcpt-bench [-- --quick]`.
+//! The benchmark harness: `cargo run --release -p tests --bin vzcpt-bench [-- --quick]
+//! [--migrate-only]`.
 //!
 //! Prints, in one run so the figures are comparable: memcpy bandwidth; for workloads of 64 MiB
 //! and 1 GiB of touched memory, dump and restore time and GB/s (uncompressed, images on tmpfs),
 //! image size plain and with zstd; dump and restore time of a 100-process tree; `vzctl chkpnt`
 //! and `vzctl restore` of an idle VE (init + 5 processes), of one with 256 MiB touched, and of a
 //! redis VE with 10,000 keys and 50 clients connected from outside it (VE state on tmpfs, its
-//! own cgroup; the benchmark runs in its own network namespace). Figures go to
+//! own cgroup; the benchmark runs in its own network namespace); offline and online migration
+//! of VEs of 256 MiB and 1 GiB written at 0, 10 and 100 MB/s between two network namespaces
+//! (`--migrate-only`: that part alone). Figures go to
 //! docs/BENCHMARKS.md by hand, with this command. The workload is the `counter` test workload.
 //!
 //! It re-executes itself as PID 1 of a new PID namespace so restored PIDs are always free and
@@ -537,6 +540,11 @@ fn main() -> anyhow::Result<()> {
     }
     let _ = std::fs::remove_dir_all(IMG_ROOT);
     std::fs::create_dir_all(IMG_ROOT)?;
+    if std::env::args().any(|a| a == "--migrate-only") {
+        let r = migrate_bench(quick);
+        let _ = std::fs::remove_dir_all(IMG_ROOT);
+        return r;
+    }
     let mut b = Bench {
         vzcpt: tests::paths::vzcpt()?,
         reaper: Reaper::default(),
