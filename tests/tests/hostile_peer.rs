@@ -20,22 +20,8 @@ use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 
-const TWO_HOSTS: &str = r#"
-VB="$WORK/b"; CGB="$VZ_CGROUP/b"
-b() { VZ_DIR="$VB" VZ_CGROUP="$CGB" "$@"; }
-unshare --net sleep 100000 &
-HB=$!
-until_true 5 test -e /proc/$HB/ns/net || fail "host B"
-on_b() { nsenter --net=/proc/$HB/ns/net env VZ_DIR="$VB" VZ_CGROUP="$CGB" "$@"; }
-sleep 0.1
-ip link add va type veth peer name vb netns $HB && ip addr add 10.98.0.1/24 dev va && ip link set va up || fail "veth"
-on_b sh -c 'ip link set lo up && ip addr add 10.98.0.2/24 dev vb && ip link set vb up' || fail "host B network"
-fa=$("$BIN/vzmigrate" keygen) || fail "keygen A"
-fb=$(b "$BIN/vzmigrate" keygen) || fail "keygen B"
-"$BIN/vzmigrate" trust "$fb" || fail "trust B"
-b "$BIN/vzmigrate" trust "$fa" || fail "trust A"
-nsenter --net=/proc/$HB/ns/net env VZ_DIR="$VB" VZ_CGROUP="$CGB" "$BIN/vzmigrate" --listen 10.98.0.2:4422 > "$WORK/daemon.log" 2>&1 &
-DAEMON=$!
+/// After `ve_harness::TWO_HOSTS`: a VE on the daemon's host and the scenario helpers.
+const HOSTILE_HOSTS: &str = r#"
 # A VE runs on the daemon's host: no hostile peer may touch it.
 b "$BIN/vzctl" create 130 --command "$LOOP" || fail "create 130 on B"
 b "$BIN/vzctl" start 130 || fail "start 130 on B"
@@ -123,7 +109,11 @@ fn main() {
         std::process::exit(client_main(&args[2..]));
     }
     let me = std::env::current_exe().expect("the path of this test binary");
-    let pre = format!("HOSTILE={}\n{TWO_HOSTS}", shell_quote(&me));
+    let pre = format!(
+        "HOSTILE={}\n{}\n{HOSTILE_HOSTS}",
+        shell_quote(&me),
+        tests::ve_harness::TWO_HOSTS
+    );
     tests::ve_harness::run_trials(vec![
         (
             "hostile_unauthenticated_peers_are_refused",

@@ -342,40 +342,22 @@ pub fn chkpnt(
     dumpfile: Option<&Path>,
     leave_running: bool,
 ) -> Result<cpt::DumpStats> {
-    expect(
+    let dir = dumpfile.map_or_else(|| layout.dump(ctid), Path::to_path_buf);
+    let dumped = dump_locked(
         layout,
         ctid,
-        &[Status::Running],
+        &dir,
+        None,
         "only a running VE can be checkpointed (resume a suspended one first)",
     )?;
-    let dir = dumpfile.map_or_else(|| layout.dump(ctid), Path::to_path_buf);
-    if dir.exists() {
-        return Err(VeError::Failed {
-            ctid,
-            what: format!("image {} already exists; remove it first", dir.display()),
-        });
-    }
-    let cg = cgroups(layout, ctid)?;
-    let cfg = load_config(layout, ctid)?;
-    // Peers see nothing of the checkpoint: their packets are dropped, never refused.
-    if net::configured(&cfg) {
-        net::lock(ctid, &cfg)?;
-    }
-    let stats = cpt::dump(&cpt::DumpOptions {
-        target: cpt::Target::Cgroup(cg.v2()?.to_path_buf()),
-        dir,
-        final_state: if leave_running {
-            cpt::FinalState::LeaveRunning
-        } else {
-            cpt::FinalState::Kill
-        },
-        compress: None,
-        // Connections to peers outside the VE survive: the network lock holds their packets
-        // off (dropped, not refused) until the restore, as `vzctl chkpnt` always did.
-        tcp_established: true,
-        sent_pages: None,
-    })
-    .map_err(|source| {
+    let final_state = if leave_running {
+        cpt::FinalState::LeaveRunning
+    } else {
+        cpt::FinalState::Kill
+    };
+    let (cg, cfg, mut stats) = (dumped.cg, dumped.cfg, dumped.stats);
+    let finishing = std::time::Instant::now();
+    dumped.frozen.finish(final_state).map_err(|source| {
         if net::configured(&cfg) {
             let _ = net::unlock(ctid, &cfg);
         }
@@ -389,7 +371,64 @@ pub fn chkpnt(
         // The addresses stay blackholed while the VE is dumped, until its restore.
         cleanup_stopped(layout, ctid, &cg)?;
     }
+    // As `cpt::dump` counts it: up to the tree killed or resumed.
+    stats.total_ms += finishing.elapsed().as_secs_f64() * 1000.0;
     Ok(stats)
+}
+
+/// A VE dumped into a complete image, its tree still stopped, its network locked.
+struct Dumped {
+    stats: cpt::DumpStats,
+    frozen: cpt::seize::Frozen,
+    cg: VeCgroups,
+    cfg: VeConfig,
+}
+
+/// What every checkpoint of a running VE does first: checks, locks its network (peers see
+/// nothing: their packets are dropped, never refused) and dumps it into `dir`, keeping its
+/// tree stopped. A failure unlocks the network and leaves the VE running.
+fn dump_locked(
+    layout: &Layout,
+    ctid: u32,
+    dir: &Path,
+    sent_pages: Option<images_format::track::SentPagesImage>,
+    not_running: &str,
+) -> Result<Dumped> {
+    expect(layout, ctid, &[Status::Running], not_running)?;
+    if dir.exists() {
+        return Err(VeError::Failed {
+            ctid,
+            what: format!("image {} already exists; remove it first", dir.display()),
+        });
+    }
+    let cg = cgroups(layout, ctid)?;
+    let cfg = load_config(layout, ctid)?;
+    if net::configured(&cfg) {
+        net::lock(ctid, &cfg)?;
+    }
+    let (stats, frozen) = cpt::dump_held(&cpt::DumpOptions {
+        target: cpt::Target::Cgroup(cg.v2()?.to_path_buf()),
+        dir: dir.to_path_buf(),
+        // Not used: the caller ends the dump.
+        final_state: cpt::FinalState::LeaveRunning,
+        compress: None,
+        // Connections to peers outside the VE survive: the network lock holds their packets
+        // off (dropped, not refused) until the restore, as `vzctl chkpnt` always did.
+        tcp_established: true,
+        sent_pages,
+    })
+    .map_err(|source| {
+        if net::configured(&cfg) {
+            let _ = net::unlock(ctid, &cfg);
+        }
+        VeError::Dump { ctid, source }
+    })?;
+    Ok(Dumped {
+        stats,
+        frozen,
+        cg,
+        cfg,
+    })
 }
 
 /// How a VE held by [`chkpnt_hold`] ends.
@@ -433,51 +472,21 @@ pub fn chkpnt_hold(
     dir: &Path,
     sent: Option<images_format::track::SentPagesImage>,
 ) -> Result<HeldVe> {
-    expect(
-        layout,
-        ctid,
-        &[Status::Running],
-        "only a running VE can be migrated",
-    )?;
-    if dir.exists() {
-        return Err(VeError::Failed {
-            ctid,
-            what: format!("image {} already exists; remove it first", dir.display()),
-        });
-    }
-    let cg = cgroups(layout, ctid)?;
-    let cfg = load_config(layout, ctid)?;
-    if net::configured(&cfg) {
-        net::lock(ctid, &cfg)?;
-    }
-    let (stats, frozen) = cpt::dump_held(&cpt::DumpOptions {
-        target: cpt::Target::Cgroup(cg.v2()?.to_path_buf()),
-        dir: dir.to_path_buf(),
-        final_state: cpt::FinalState::Kill,
-        compress: None,
-        tcp_established: true,
-        sent_pages: sent,
-    })
-    .map_err(|source| {
-        if net::configured(&cfg) {
-            let _ = net::unlock(ctid, &cfg);
-        }
-        VeError::Dump { ctid, source }
-    })?;
+    let d = dump_locked(layout, ctid, dir, sent, "only a running VE can be migrated")?;
     // Frozen as well as stopped: should this process die, its tracees are let go, and the
     // freezer keeps them from running until someone decides (the VE shows as suspended).
-    if let Err(e) = cg.set_frozen(true) {
-        drop(frozen);
-        if net::configured(&cfg) {
-            let _ = net::unlock(ctid, &cfg);
+    if let Err(e) = d.cg.set_frozen(true) {
+        drop(d.frozen);
+        if net::configured(&d.cfg) {
+            let _ = net::unlock(ctid, &d.cfg);
         }
         return Err(e);
     }
     Ok(HeldVe {
         ctid,
-        cfg,
-        frozen,
-        stats,
+        cfg: d.cfg,
+        frozen: d.frozen,
+        stats: d.stats,
     })
 }
 
