@@ -139,6 +139,9 @@ pub fn dump_held(opts: &DumpOptions) -> Result<(DumpStats, seize::Frozen), DumpE
     };
     // Established TCP connections go into repair mode before anything else happens.
     let inet = inet::InetDumper::prepare(&mut frozen, opts.tcp_established)?;
+    if sys::fault::hit("dump.after-seize") {
+        return Err(DumpError::Tree(sys::fault::message("dump.after-seize")));
+    }
     let freeze_ms = ms(t0);
     let t_frozen = Instant::now();
     let mut stats = DumpStats {
@@ -278,6 +281,9 @@ pub fn dump_held(opts: &DumpOptions) -> Result<(DumpStats, seize::Frozen), DumpE
     // The writer's own error explains a failed send better than the send does.
     let stored = stored?;
     let (mem_stats, shmem, parent_runs, ipc, tmpfs_image) = collected?;
+    if sys::fault::hit("dump.after-pages") {
+        return Err(DumpError::Tree(sys::fault::message("dump.after-pages")));
+    }
     mm.shmem = shmem;
     let entries = stored.entries;
     let index = store.finish()?;
@@ -334,6 +340,9 @@ pub fn dump_held(opts: &DumpOptions) -> Result<(DumpStats, seize::Frozen), DumpE
             parent: "staged".into(),
             runs: parent_runs,
         })?;
+    }
+    if sys::fault::hit("dump.before-commit") {
+        return Err(DumpError::Tree(sys::fault::message("dump.before-commit")));
     }
     writer.commit()?;
 

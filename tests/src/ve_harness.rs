@@ -130,6 +130,11 @@ fn remove_tree(dir: &Path) {
 }
 
 pub fn run_script(name: &str, body: &str) -> Result<(), String> {
+    run_script_for(name, body, 180)
+}
+
+/// [`run_script`] with its own time limit (the soak runs minutes).
+pub fn run_script_for(name: &str, body: &str, timeout_s: u32) -> Result<(), String> {
     let bin = bins().map_err(|e| format!("{e:#}"))?;
     let cgroup = format!("vzt-{name}-{}", std::process::id());
     let r = crate::script::Script {
@@ -142,7 +147,7 @@ pub fn run_script(name: &str, body: &str) -> Result<(), String> {
             ("VZ_DIR", "{WORK}/vz".to_string()),
             ("VZ_CGROUP", cgroup.clone()),
         ],
-        timeout_s: 180,
+        timeout_s,
     }
     .run();
     remove_cgroups(&cgroup);
@@ -152,6 +157,11 @@ pub fn run_script(name: &str, body: &str) -> Result<(), String> {
 /// Runs `scripts` (name, bash body) as the trials of a test binary, each ignored with the
 /// reason when VE trials cannot run here.
 pub fn run_trials(scripts: Vec<(&'static str, String)>) -> ! {
+    run_trials_for(scripts, 180)
+}
+
+/// [`run_trials`] with a time limit per trial.
+pub fn run_trials_for(scripts: Vec<(&'static str, String)>, timeout_s: u32) -> ! {
     let args = libtest_mimic::Arguments::from_args();
     let skip = skip_reason();
     let trials = scripts
@@ -160,8 +170,10 @@ pub fn run_trials(scripts: Vec<(&'static str, String)>) -> ! {
             if let Some(r) = &skip {
                 eprintln!("{name}: ignored: {r}");
             }
-            libtest_mimic::Trial::test(name, move || run_script(name, &body).map_err(Into::into))
-                .with_ignored_flag(skip.is_some())
+            libtest_mimic::Trial::test(name, move || {
+                run_script_for(name, &body, timeout_s).map_err(Into::into)
+            })
+            .with_ignored_flag(skip.is_some())
         })
         .collect();
     libtest_mimic::run(&args, trials).exit()

@@ -532,8 +532,85 @@ log_contiguous 114 || fail "the log has a gap or restarted"
 echo OK
 "#;
 
+/// A checkpoint failing at each phase of the dump (failure points: tree seized and TCP in
+/// repair mode; pages written; every record written, before the image is put in place):
+/// the VE goes on exactly as it was: running, not frozen, no task stopped, every task's
+/// blocked-signal mask as before, its network unlocked and its TCP connection working, no
+/// image and no temporary directory; then a real checkpoint and restore work.
+const DUMP_FAILURE_POINTS: &str = r#"
+vz create 150 --command 'exec python3 /root/echo.py' || fail "create"
+vz set 150 --ipadd 10.99.6.1 --save || fail "ipadd"
+mkdir -p "$VZ_DIR/private/150/upper/root"
+cat > "$VZ_DIR/private/150/upper/root/echo.py" <<'PY'
+import socket, threading, time
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", 7200)); s.listen()
+def count():
+    i = 0
+    while True:
+        i += 1
+        open("/root/log", "a").write("%d\n" % i)
+        time.sleep(0.05)
+threading.Thread(target=count, daemon=True).start()
+c, _ = s.accept()
+while True:
+    b = c.recv(100)
+    if not b:
+        break
+    c.sendall(b)
+PY
+vz start 150 || fail "start"
+python3 - "$WORK" <<'PY' &
+import os, socket, sys, time
+w = sys.argv[1]
+for _ in range(200):
+    try:
+        s = socket.create_connection(("10.99.6.1", 7200), timeout=20); break
+    except OSError:
+        time.sleep(0.05)
+n = 0
+try:
+    while not os.path.exists(w + "/stop"):
+        msg = b"ping %d" % n
+        s.sendall(msg)
+        assert s.recv(100) == msg
+        n += 1
+        if n == 1:
+            open(w + "/connected", "w").close()
+        time.sleep(0.02)
+    open(w + "/client", "w").write("PASS %d" % n)
+except Exception as e:
+    open(w + "/client", "w").write("FAIL %r after %d" % (e, n))
+PY
+until_true 20 test -e "$WORK/connected" || fail "the client does not connect"
+masks() { for p in $(cat /sys/fs/cgroup/unified/$VZ_CGROUP/150/cgroup.procs); do for t in /proc/$p/task/*; do echo "$t $(awk '/^SigBlk/ { print $2 }' $t/status)"; done; done | sort; }
+before=$(masks)
+for point in dump.after-seize dump.after-pages dump.before-commit; do
+    out=$(VZCPT_FAULT=$point vz chkpnt 150 2>&1) && fail "$point: the checkpoint succeeded"
+    echo "$out" | grep -q "$point" || fail "$point: the error does not say where: $out"
+    status_is 150 running || fail "$point: the VE is $(vz status 150)"
+    grep -q 'frozen 0' "/sys/fs/cgroup/unified/$VZ_CGROUP/150/cgroup.events" || fail "$point: left frozen"
+    for p in $(cat /sys/fs/cgroup/unified/$VZ_CGROUP/150/cgroup.procs); do
+        grep -q '^State:.*[tT]' /proc/$p/status && fail "$point: task $p is left stopped"
+    done
+    [ "$(masks)" = "$before" ] || fail "$point: signal masks changed: $(masks) were $before"
+    ls "$VZ_DIR/dump" 2>/dev/null | grep -q 150 && fail "$point: an image or a temporary directory was left: $(ls $VZ_DIR/dump)"
+    ip route show 10.99.6.1 | grep -q blackhole && fail "$point: the network stays locked"
+    n=$(wc -l < "$VZ_DIR/private/150/upper/root/log")
+    until_true 5 sh -c "[ \$(wc -l < $VZ_DIR/private/150/upper/root/log) -gt $n ]" || fail "$point: the VE does not go on"
+done
+vz chkpnt 150 && vz restore 150 || fail "a real checkpoint and restore"
+touch "$WORK/stop"; wait
+case "$(cat $WORK/client)" in PASS*) ;; *) fail "client: $(cat $WORK/client)";; esac
+echo OK
+"#;
+
 fn main() {
     tests::ve_harness::run_trials(vec![
+        (
+            "dump_failure_points_leave_the_ve_as_it_was",
+            DUMP_FAILURE_POINTS.to_string(),
+        ),
         ("lifecycle_verbs_and_refusals", LIFECYCLE.to_string()),
         (
             "shell_loop_ten_chkpnt_restore_cycles",
