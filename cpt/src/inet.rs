@@ -70,6 +70,31 @@ impl RepairHold {
     }
 }
 
+/// Takes socket `fd` of task `pid` out of repair mode and gives it back `SO_REUSEADDR` (a
+/// journal's recovery: its dumper died holding it).
+pub fn leave_repair_of(pid: i32, fd: i32, reuseaddr: bool) -> Result<(), DumpError> {
+    let pidfd = sys::syscalls::pidfd_open(Pid::from_raw(pid))?;
+    let sock = sys::syscalls::pidfd_getfd(&pidfd, fd)?;
+    let name = format!("task {pid} fd {fd}");
+    sn::set_int(
+        &sock,
+        libc::IPPROTO_TCP,
+        sn::TCP_REPAIR,
+        0,
+        "TCP_REPAIR off",
+    )
+    .and_then(|()| {
+        sn::set_int(
+            &sock,
+            libc::SOL_SOCKET,
+            libc::SO_REUSEADDR,
+            reuseaddr as i32,
+            "setsockopt(SO_REUSEADDR)",
+        )
+    })
+    .map_err(sys_task(pid, name))
+}
+
 /// A socket of the tree, obtained once.
 struct Held {
     fd: OwnedFd,
@@ -230,6 +255,7 @@ impl InetDumper {
                 path: format!("socket of {name}").into(),
                 source,
             })?;
+            frozen.journal_tcp(c.pid, c.fd, h.reuseaddr)?;
             sn::set_int(&dup, libc::IPPROTO_TCP, sn::TCP_REPAIR, 1, "TCP_REPAIR on").map_err(
                 |e| DumpError::Task {
                     pid: c.pid,

@@ -11,6 +11,7 @@ pub mod files;
 pub mod freeze;
 pub mod inet;
 pub mod ipc;
+pub mod journal;
 pub mod memory;
 pub mod ns;
 pub mod pagesink;
@@ -23,6 +24,7 @@ pub mod tmpfs;
 pub mod track;
 pub mod unix;
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -93,6 +95,10 @@ pub struct DumpOptions {
     /// pages of those areas that were sent and not written since are recorded in a
     /// `parent-pages` record instead of the page store. The tracker must still be alive.
     pub sent_pages: Option<images_format::track::SentPagesImage>,
+    /// Where to keep the journal of the hold (see `journal`): the next command undoes what a
+    /// dumper killed halfway left. `None`: no journal (a dumper killed halfway leaves its
+    /// tree with every signal blocked and its TCP connections in repair mode).
+    pub journal: Option<PathBuf>,
 }
 
 /// Figures of one dump, printed by `vzcpt dump --json`.
@@ -132,12 +138,30 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats, DumpError> {
 /// applied; `total_ms` and `frozen_ms` count up to the complete image.
 pub fn dump_held(opts: &DumpOptions) -> Result<(DumpStats, seize::Frozen), DumpError> {
     let t0 = Instant::now();
+    // Begun before the seize: a dumper killed while the freezer holds the cgroup leaves one.
+    let journal = match &opts.journal {
+        Some(path) => Some(journal::Journal::begin(path, &opts.dir)?),
+        None => None,
+    };
     // 1. Freeze and seize. From here until `finish`, dropping `frozen` resumes the tree.
     let mut frozen = match &opts.target {
         Target::Tree(pid) => seize::Frozen::seize_tree(Pid::from_raw(*pid))?,
         Target::Cgroup(path) => seize::Frozen::seize_cgroup(&freeze::Freezer::for_cgroup(path)?)?,
     };
-    // Established TCP connections go into repair mode before anything else happens.
+    if let Some(j) = journal {
+        frozen.keep_journal(j)?;
+    }
+    frozen.block_signals()?;
+    // Remote syscalls first, for every process: the scratch page they use is gone before
+    // memory is read, and once they are done the cgroup can freeze around the tree.
+    let mut remote = HashMap::new();
+    for p in frozen.alive() {
+        remote.insert(p.pid.as_raw(), task::dump_process(p)?);
+    }
+    if let Target::Cgroup(path) = &opts.target {
+        frozen.freeze(path)?;
+    }
+    // Established TCP connections go into repair mode before any socket queue is read.
     let inet = inet::InetDumper::prepare(&mut frozen, opts.tcp_established)?;
     if sys::fault::hit("dump.after-seize") {
         return Err(DumpError::Tree(sys::fault::message("dump.after-seize")));
@@ -236,8 +260,9 @@ pub fn dump_held(opts: &DumpOptions) -> Result<(DumpStats, seize::Frozen), DumpE
                     .iter()
                     .map(|t| pid_map.virt_tid(pid, t.tid.as_raw()))
                     .collect::<Result<_, _>>()?;
-                // Remote syscalls first: the scratch page they use is gone before memory is read.
-                let (mut pcore, facts) = task::dump_process(p)?;
+                let (mut pcore, facts) = remote.remove(&pid).ok_or_else(|| {
+                    DumpError::Tree(format!("task {pid}: its state was not read"))
+                })?;
                 pcore.pid = entry.pid;
                 for (t, vt) in pcore.threads.iter_mut().zip(&entry.threads) {
                     t.tid = *vt;

@@ -27,6 +27,9 @@ pub enum FinalState {
     LeaveRunning,
     /// Leave it stopped (group-stop, `SIGSTOP`).
     LeaveStopped,
+    /// Let it go inside its frozen cgroup (`vzctl chkpnt --hold` told to suspend it): it
+    /// runs once the cgroup is thawed.
+    LeaveFrozen,
 }
 
 #[derive(Debug, Clone)]
@@ -52,6 +55,11 @@ pub struct Frozen {
     /// The tree's established TCP sockets, in repair mode until the tree is killed (they
     /// vanish without a word to their peers) or resumed (they leave repair mode first).
     pub tcp_repair: crate::inet::RepairHold,
+    /// What undoing this hold takes, should this process die (see `journal`).
+    journal: Option<crate::journal::Journal>,
+    /// The cgroup (v2) frozen around the stopped tree once no injected code is left to run
+    /// (see [`Frozen::freeze`]); thawed when the tree is let go.
+    freezer: Option<Freezer>,
     done: bool,
 }
 
@@ -63,6 +71,8 @@ impl Frozen {
         let mut frozen = Frozen {
             processes: Vec::new(),
             tcp_repair: Default::default(),
+            journal: None,
+            freezer: None,
             done: false,
         };
         let stat = read_stat(root.as_raw())?;
@@ -87,6 +97,8 @@ impl Frozen {
         let mut frozen = Frozen {
             processes: Vec::new(),
             tcp_repair: Default::default(),
+            journal: None,
+            freezer: None,
             done: false,
         };
         let seized = frozen.seize_frozen_cgroup(freezer);
@@ -281,6 +293,78 @@ impl Frozen {
         Ok(())
     }
 
+    /// Keeps the journal (begun before the seize), recording every seized thread and its
+    /// own mask (before [`block_signals`](Self::block_signals) changes any).
+    pub fn keep_journal(&mut self, mut j: crate::journal::Journal) -> Result<(), DumpError> {
+        for p in &self.processes {
+            for t in &p.threads {
+                j.task(t.tid, t.orig_sigmask);
+            }
+        }
+        j.sync()?;
+        self.journal = Some(j);
+        Ok(())
+    }
+
+    /// Records in the journal (if kept) a socket about to enter repair mode.
+    pub fn journal_tcp(&mut self, pid: i32, fd: i32, reuseaddr: bool) -> Result<(), DumpError> {
+        match &mut self.journal {
+            Some(j) => {
+                j.tcp(pid, fd, reuseaddr);
+                j.sync()
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Adds a word to the journal (if kept): `hold`, `committing`.
+    pub fn journal_mark(&mut self, word: &str) -> Result<(), DumpError> {
+        match &mut self.journal {
+            Some(j) => j.mark(word),
+            None => Ok(()),
+        }
+    }
+
+    /// Freezes cgroup `dir` (v2 only) around the stopped tree: from here on no task of it
+    /// may run until it is let go, not even if this process dies (its tracees would be let
+    /// go at once, sockets still in repair mode); the journal records it, for the recovery
+    /// to thaw. Nothing injected can run in a frozen task: call it after the last remote
+    /// syscall. A v1 freezer is left alone (traced tasks do not freeze reliably there).
+    pub fn freeze(&mut self, dir: &std::path::Path) -> Result<(), DumpError> {
+        let freezer = Freezer::for_cgroup(dir)?;
+        if !matches!(freezer, Freezer::V2(_)) {
+            return Ok(());
+        }
+        if let Some(j) = &mut self.journal {
+            j.mark(&format!("frozen {}", dir.display()))?;
+        }
+        freezer.freeze()?;
+        self.freezer = Some(freezer);
+        Ok(())
+    }
+
+    /// Thaws the cgroup [`freeze`](Self::freeze) froze, if any.
+    fn thaw(&mut self) -> Result<(), DumpError> {
+        match self.freezer.take() {
+            Some(f) => f.thaw(),
+            None => Ok(()),
+        }
+    }
+
+    /// Blocks every signal of every seized thread, so that signals arriving while the tree
+    /// runs injected code stay pending instead of running handlers mid-dump. Each thread's
+    /// own mask is back when the tree is let go.
+    pub fn block_signals(&self) -> Result<(), DumpError> {
+        for p in &self.processes {
+            for t in &p.threads {
+                if t.orig_sigmask != u64::MAX {
+                    ptrace::set_sigmask(t.tid, ALL_SIGNALS)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
     pub fn root(&self) -> Pid {
         self.processes[0].pid
     }
@@ -292,19 +376,43 @@ impl Frozen {
     /// Ends the dump: kill the tree, resume it, or leave it stopped.
     pub fn finish(mut self, state: FinalState) -> Result<(), DumpError> {
         self.done = true;
+        let journal = self.journal.take();
+        let r = self.finish_as(state);
+        if let Some(j) = journal {
+            j.end();
+        }
+        r
+    }
+
+    fn finish_as(&mut self, state: FinalState) -> Result<(), DumpError> {
         match state {
             FinalState::LeaveRunning => {
                 self.tcp_repair.leave_repair();
-                self.resume(None)
+                let r = self.resume(None);
+                r.and(self.thaw())
             }
             FinalState::LeaveStopped => {
                 self.tcp_repair.leave_repair();
-                self.resume(Some(Signal::SIGSTOP))
+                // The stop must be queued and seen while the tasks can run.
+                let thawed = self.thaw();
+                self.resume(Some(Signal::SIGSTOP)).and(thawed)
+            }
+            FinalState::LeaveFrozen => {
+                self.tcp_repair.leave_repair();
+                let r = self.resume(None);
+                // Kept frozen: whoever froze it decides.
+                self.freezer = None;
+                r
             }
             FinalState::Kill => {
+                // SIGKILL queued while frozen: thawed, they die before any code of theirs runs.
+                for p in self.alive() {
+                    let _ = kill(p.pid, Signal::SIGKILL);
+                }
+                let thawed = self.thaw();
                 let r = self.kill_and_wait();
                 self.tcp_repair.close_silently();
-                r
+                r.and(thawed)
             }
         }
     }
@@ -418,13 +526,17 @@ impl Drop for Frozen {
             if let Err(e) = self.resume(None) {
                 warn!(?e, "resuming the tree after a failed dump");
             }
+            if let Err(e) = self.thaw() {
+                warn!(?e, "thawing the tree after a failed dump");
+            }
+            if let Some(j) = self.journal.take() {
+                j.end();
+            }
         }
     }
 }
 
-/// Waits for the interrupt stop of a seized thread and blocks all its signals, so that signals
-/// arriving during the dump stay pending instead of running handlers mid-dump.
-/// `pid` is a vfork child: it shares its parent's address space until it execs or exits. Its
+/// Whether `pid` is a vfork child: it shares its parent's address space until it execs or exits. Its
 /// parent counts as frozen for the cgroup freezer from the moment it starts waiting for it
 /// (even before it sleeps), but would never reach its ptrace interrupt stop while the child,
 /// seized with it, sat stopped: the seize would wait for ever.
@@ -445,10 +557,11 @@ fn exiting(tid: i32) -> bool {
         .is_none_or(|state| matches!(state, Some('Z') | Some('X') | None))
 }
 
+/// Waits for the interrupt stop of a seized thread and reads its blocked mask (which
+/// [`Frozen::block_signals`] changes once the journal has it).
 fn stop_thread(tid: Pid) -> Result<SeizedThread, DumpError> {
     ptrace::wait_for_interrupt_stop(tid)?;
     let orig_sigmask = ptrace::get_sigmask(tid)?;
-    ptrace::set_sigmask(tid, ALL_SIGNALS)?;
     Ok(SeizedThread { tid, orig_sigmask })
 }
 

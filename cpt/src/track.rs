@@ -588,6 +588,7 @@ impl Tracker {
     pub fn arm(cgroup: &Path) -> Result<Tracker, DumpError> {
         let freezer = Freezer::for_cgroup(cgroup)?;
         let frozen = Frozen::seize_cgroup(&freezer)?;
+        frozen.block_signals()?;
         let mut processes = Vec::new();
         for p in frozen.alive() {
             // An error drops `frozen` (the tree resumes) and the descriptors taken so far
@@ -638,6 +639,10 @@ impl Tracker {
                 return Ok(());
             }
         };
+        if let Err(e) = frozen.block_signals() {
+            warn!(error = %e, "cannot block the signals of the VE's tasks; next round");
+            return Ok(());
+        }
         for p in frozen.alive() {
             let pid = p.pid.as_raw();
             let Some(&(_, st)) = new.iter().find(|(n, _)| *n == pid) else {

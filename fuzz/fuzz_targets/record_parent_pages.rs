@@ -1,6 +1,6 @@
-//! The `:ParentPagesImage:parent-pages` record file, read as a restore reads it (header, caps, checksum, postcard).
+//! The `parent-pages` record file, read as a restore reads it (header, caps, checksum, postcard).
 #![no_main]
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    vzcpt_fuzz::record::<images_format::mm>(data);
+    vzcpt_fuzz::record::<images_format::mm::ParentPagesImage>(data);
 });

@@ -1,6 +1,6 @@
-//! The `:SentPagesImage:sent-pages` record file, read as a restore reads it (header, caps, checksum, postcard).
+//! The `sent-pages` record file, read as a restore reads it (header, caps, checksum, postcard).
 #![no_main]
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    vzcpt_fuzz::record::<images_format::track>(data);
+    vzcpt_fuzz::record::<images_format::track::SentPagesImage>(data);
 });

@@ -883,6 +883,7 @@ fn host_attachment_fails_the_dump() -> R<()> {
         compress: None,
         tcp_established: false,
         sent_pages: None,
+        journal: None,
     };
     match cpt::dump(&opts) {
         Ok(_) => return Err("the dump succeeded".into()),

@@ -537,11 +537,16 @@ echo OK
 /// the VE goes on exactly as it was: running, not frozen, no task stopped, every task's
 /// blocked-signal mask as before, its network unlocked and its TCP connection working, no
 /// image and no temporary directory; then a real checkpoint and restore work.
-const DUMP_FAILURE_POINTS: &str = r#"
-vz create 150 --command 'exec python3 /root/echo.py' || fail "create"
-vz set 150 --ipadd 10.99.6.1 --save || fail "ipadd"
-mkdir -p "$VZ_DIR/private/150/upper/root"
-cat > "$VZ_DIR/private/150/upper/root/echo.py" <<'PY'
+/// A VE ($C, address $ADDR) whose python serves an echo port and appends a count to
+/// /root/log, and a client outside (in the background) that pings it all along until
+/// $WORK/stop, then writes PASS or FAIL to $WORK/client. Then `masks`: every task's blocked
+/// mask, and `undone POINT`: the VE runs as it was (not frozen, no task stopped, masks as
+/// before, network unlocked, no image, no journal, goes on).
+const ECHO_VE: &str = r#"
+vz create $C --command 'exec python3 /root/echo.py' || fail "create"
+vz set $C --ipadd $ADDR --save || fail "ipadd"
+mkdir -p "$VZ_DIR/private/$C/upper/root"
+cat > "$VZ_DIR/private/$C/upper/root/echo.py" <<'PY'
 import socket, threading, time
 s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 s.bind(("0.0.0.0", 7200)); s.listen()
@@ -559,13 +564,13 @@ while True:
         break
     c.sendall(b)
 PY
-vz start 150 || fail "start"
-python3 - "$WORK" <<'PY' &
+vz start $C || fail "start"
+python3 - "$WORK" "$ADDR" <<'PY' &
 import os, socket, sys, time
 w = sys.argv[1]
 for _ in range(200):
     try:
-        s = socket.create_connection(("10.99.6.1", 7200), timeout=20); break
+        s = socket.create_connection((sys.argv[2], 7200), timeout=20); break
     except OSError:
         time.sleep(0.05)
 n = 0
@@ -573,7 +578,12 @@ try:
     while not os.path.exists(w + "/stop"):
         msg = b"ping %d" % n
         s.sendall(msg)
-        assert s.recv(100) == msg
+        got = b""
+        while len(got) < len(msg):
+            b = s.recv(100)
+            assert b, "the connection closed"
+            got += b
+        assert got == msg, (got, msg)
         n += 1
         if n == 1:
             open(w + "/connected", "w").close()
@@ -583,23 +593,49 @@ except Exception as e:
     open(w + "/client", "w").write("FAIL %r after %d" % (e, n))
 PY
 until_true 20 test -e "$WORK/connected" || fail "the client does not connect"
-masks() { for p in $(cat /sys/fs/cgroup/unified/$VZ_CGROUP/150/cgroup.procs); do for t in /proc/$p/task/*; do echo "$t $(awk '/^SigBlk/ { print $2 }' $t/status)"; done; done | sort; }
+# Every task's blocked mask, sorted (by value: a restore gives the tasks new host PIDs).
+masks() { for p in $(cat /sys/fs/cgroup/unified/$VZ_CGROUP/$C/cgroup.procs); do for t in /proc/$p/task/*; do awk '/^SigBlk/ { print $2 }' $t/status; done; done | sort | tr '\n' ' '; }
 before=$(masks)
-for point in dump.after-seize dump.after-pages dump.before-commit; do
-    out=$(VZCPT_FAULT=$point vz chkpnt 150 2>&1) && fail "$point: the checkpoint succeeded"
-    echo "$out" | grep -q "$point" || fail "$point: the error does not say where: $out"
-    status_is 150 running || fail "$point: the VE is $(vz status 150)"
-    grep -q 'frozen 0' "/sys/fs/cgroup/unified/$VZ_CGROUP/150/cgroup.events" || fail "$point: left frozen"
-    for p in $(cat /sys/fs/cgroup/unified/$VZ_CGROUP/150/cgroup.procs); do
-        grep -q '^State:.*[tT]' /proc/$p/status && fail "$point: task $p is left stopped"
+undone() {
+    status_is $C running || fail "$1: the VE is $(vz status $C)"
+    grep -q 'frozen 0' "/sys/fs/cgroup/unified/$VZ_CGROUP/$C/cgroup.events" || fail "$1: left frozen"
+    for p in $(cat /sys/fs/cgroup/unified/$VZ_CGROUP/$C/cgroup.procs); do
+        grep -q '^State:.*[tT]' /proc/$p/status && fail "$1: task $p is left stopped"
     done
-    [ "$(masks)" = "$before" ] || fail "$point: signal masks changed: $(masks) were $before"
-    ls "$VZ_DIR/dump" 2>/dev/null | grep -q 150 && fail "$point: an image or a temporary directory was left: $(ls $VZ_DIR/dump)"
-    ip route show 10.99.6.1 | grep -q blackhole && fail "$point: the network stays locked"
-    n=$(wc -l < "$VZ_DIR/private/150/upper/root/log")
-    until_true 5 sh -c "[ \$(wc -l < $VZ_DIR/private/150/upper/root/log) -gt $n ]" || fail "$point: the VE does not go on"
+    [ "$(masks)" = "$before" ] || fail "$1: signal masks changed: $(masks) were $before"
+    ls "$VZ_DIR/dump" 2>/dev/null | grep -q "$C" && fail "$1: left in $VZ_DIR/dump: $(ls $VZ_DIR/dump)"
+    ip route show $ADDR | grep -q blackhole && fail "$1: the network stays locked"
+    local n=$(wc -l < "$VZ_DIR/private/$C/upper/root/log")
+    until_true 5 sh -c "[ \$(wc -l < $VZ_DIR/private/$C/upper/root/log) -gt $n ]" || fail "$1: the VE does not go on"
+}
+"#;
+
+const DUMP_FAILURE_POINTS: &str = r#"
+for point in dump.after-seize dump.after-pages dump.before-commit; do
+    out=$(VZCPT_FAULT=$point vz chkpnt $C 2>&1) && fail "$point: the checkpoint succeeded"
+    echo "$out" | grep -q "$point" || fail "$point: the error does not say where: $out"
+    undone "$point"
 done
-vz chkpnt 150 && vz restore 150 || fail "a real checkpoint and restore"
+vz chkpnt $C && vz restore $C || fail "a real checkpoint and restore"
+touch "$WORK/stop"; wait
+case "$(cat $WORK/client)" in PASS*) ;; *) fail "client: $(cat $WORK/client)";; esac
+echo OK
+"#;
+
+/// `vzctl chkpnt` SIGKILLed at each phase of the dump (failure points with the `kill`
+/// action): the next command undoes what it left (see `cpt::journal`) and `vzctl status`
+/// tells the truth: running as it was before the image was complete, dumped (and
+/// restorable, its client's connection going on) after.
+const KILLED_CHKPNT: &str = r#"
+for point in dump.after-seize dump.after-pages dump.before-commit; do
+    VZCPT_FAULT=$point:kill vz chkpnt $C 2>/dev/null; rc=$?
+    [ $rc = 137 ] || fail "$point: vzctl was not killed (exit $rc)"
+    undone "killed at $point"
+done
+VZCPT_FAULT=chkpnt.before-finish:kill vz chkpnt $C 2>/dev/null
+status_is $C dumped || fail "killed with the image complete: the VE is $(vz status $C)"
+vz restore $C || fail "restore after a killed checkpoint"
+undone "restored after a killed checkpoint"
 touch "$WORK/stop"; wait
 case "$(cat $WORK/client)" in PASS*) ;; *) fail "client: $(cat $WORK/client)";; esac
 echo OK
@@ -609,7 +645,11 @@ fn main() {
     tests::ve_harness::run_trials(vec![
         (
             "dump_failure_points_leave_the_ve_as_it_was",
-            DUMP_FAILURE_POINTS.to_string(),
+            format!("C=150; ADDR=10.99.6.1\n{ECHO_VE}\n{DUMP_FAILURE_POINTS}"),
+        ),
+        (
+            "killed_chkpnt_is_undone_by_the_next_command",
+            format!("C=151; ADDR=10.99.6.2\n{ECHO_VE}\n{KILLED_CHKPNT}"),
         ),
         ("lifecycle_verbs_and_refusals", LIFECYCLE.to_string()),
         (

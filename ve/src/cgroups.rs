@@ -181,10 +181,6 @@ impl VeCgroups {
     /// Kills everything in the VE and waits until the cgroup is empty.
     pub fn kill_all(&self, timeout: Duration) -> Result<()> {
         let v2 = self.v2()?;
-        if self.frozen() {
-            // A frozen task dies only once thawed.
-            let _ = self.write(v2, "cgroup.freeze", "0");
-        }
         let deadline = Instant::now() + timeout;
         loop {
             let procs = self.procs();
@@ -198,6 +194,12 @@ impl VeCgroups {
                         nix::sys::signal::Signal::SIGKILL,
                     );
                 }
+            }
+            if self.frozen() {
+                // A frozen task dies only once thawed; killed first, it runs none of its own
+                // code on the way (a VE whose checkpoint was interrupted must not move on
+                // past its image).
+                let _ = self.write(v2, "cgroup.freeze", "0");
             }
             if Instant::now() > deadline {
                 return Err(VeError::Failed {

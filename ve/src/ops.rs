@@ -64,6 +64,7 @@ pub fn status(layout: &Layout, ctid: u32) -> Result<Status> {
         return Ok(Status::Absent);
     }
     let cg = cgroups(layout, ctid)?;
+    recover_interrupted_dump(layout, ctid, &cg);
     if !cg.procs().is_empty() {
         return Ok(if cg.frozen() {
             Status::Suspended
@@ -307,7 +308,58 @@ pub fn resume(layout: &Layout, ctid: u32) -> Result<()> {
         &[Status::Suspended],
         "only a suspended VE can be resumed",
     )?;
-    cgroups(layout, ctid)?.set_frozen(false)
+    let cg = cgroups(layout, ctid)?;
+    // Held for a migration by a holder that died: the admin says it runs here after all
+    // (its sockets leave repair mode and its threads get their masks before it thaws).
+    let journal = journal_path(layout, ctid);
+    if journal.exists() {
+        cpt::journal::recover(&journal, Some(cg.v2()?), true)
+            .map_err(|source| VeError::Dump { ctid, source })?;
+        let cfg = load_config(layout, ctid)?;
+        if net::configured(&cfg) {
+            net::unlock(ctid, &cfg)?;
+        }
+    }
+    cg.set_frozen(false)
+}
+
+/// Where a checkpoint of VE `ctid` keeps its journal (see `cpt::journal`).
+fn journal_path(layout: &Layout, ctid: u32) -> PathBuf {
+    layout.vz_dir.join("dump").join(format!("{ctid}.journal"))
+}
+
+/// A checkpoint whose `vzctl` died halfway (killed, crashed) left the VE stopped or frozen
+/// with every signal blocked, its connections in repair mode and its network locked: undone
+/// here, before the status is read, so that the status tells the truth. An incomplete image:
+/// the VE goes on (running). A complete one: the dumper was letting the VE go (killing it,
+/// as `vzctl chkpnt` does): the kill is finished (dumped). A VE held for a migration is left
+/// frozen (suspended): its destination may run it; `vzctl resume` or `destroy` decides.
+fn recover_interrupted_dump(layout: &Layout, ctid: u32, cg: &VeCgroups) {
+    let journal = journal_path(layout, ctid);
+    if !journal.exists() {
+        return;
+    }
+    let Ok(dir) = cg.v2() else { return };
+    let r = match cpt::journal::recover(&journal, Some(dir), false) {
+        Ok(Some(r)) => r,
+        Ok(None) => return,
+        Err(e) => {
+            tracing::warn!(ctid, %e, "cannot undo an interrupted checkpoint");
+            return;
+        }
+    };
+    tracing::warn!(ctid, ?r, "a checkpoint was interrupted: undone");
+    if r.hold {
+        return;
+    }
+    let Ok(cfg) = load_config(layout, ctid) else {
+        return;
+    };
+    if r.image_complete {
+        let _ = cleanup_stopped(layout, ctid, cg);
+    } else if net::configured(&cfg) {
+        let _ = net::unlock(ctid, &cfg);
+    }
 }
 
 /// Applies new limits to a running VE and, with `save`, writes them to its config.
@@ -356,6 +408,9 @@ pub fn chkpnt(
         cpt::FinalState::Kill
     };
     let (cg, cfg, mut stats) = (dumped.cg, dumped.cfg, dumped.stats);
+    // A crash here: the image is complete, the VE not let go yet (the next command finishes
+    // the kill, see `recover_interrupted_dump`).
+    let _ = sys::fault::hit("chkpnt.before-finish");
     let finishing = std::time::Instant::now();
     dumped.frozen.finish(final_state).map_err(|source| {
         if net::configured(&cfg) {
@@ -403,6 +458,10 @@ fn dump_locked(
     }
     let cg = cgroups(layout, ctid)?;
     let cfg = load_config(layout, ctid)?;
+    let journal = journal_path(layout, ctid);
+    if let Some(d) = journal.parent() {
+        std::fs::create_dir_all(d).map_err(io_err(ctid, "create", d))?;
+    }
     if net::configured(&cfg) {
         net::lock(ctid, &cfg)?;
     }
@@ -416,6 +475,7 @@ fn dump_locked(
         // off (dropped, not refused) until the restore, as `vzctl chkpnt` always did.
         tcp_established: true,
         sent_pages,
+        journal: Some(journal),
     })
     .map_err(|source| {
         if net::configured(&cfg) {
@@ -472,7 +532,14 @@ pub fn chkpnt_hold(
     dir: &Path,
     sent: Option<images_format::track::SentPagesImage>,
 ) -> Result<HeldVe> {
-    let d = dump_locked(layout, ctid, dir, sent, "only a running VE can be migrated")?;
+    let mut d = dump_locked(layout, ctid, dir, sent, "only a running VE can be migrated")?;
+    if let Err(source) = d.frozen.journal_mark("hold") {
+        drop(d.frozen);
+        if net::configured(&d.cfg) {
+            let _ = net::unlock(ctid, &d.cfg);
+        }
+        return Err(VeError::Dump { ctid, source });
+    }
     // Frozen as well as stopped: should this process die, its tracees are let go, and the
     // freezer keeps them from running until someone decides (the VE shows as suspended).
     if let Err(e) = d.cg.set_frozen(true) {
@@ -491,6 +558,15 @@ pub fn chkpnt_hold(
 }
 
 impl HeldVe {
+    /// The destination may take the VE over from now on: should this process die, the VE
+    /// must stay suspended here (the journal says so).
+    pub fn committing(&mut self) -> Result<()> {
+        let ctid = self.ctid;
+        self.frozen
+            .journal_mark("committing")
+            .map_err(|source| VeError::Dump { ctid, source })
+    }
+
     pub fn end(self, layout: &Layout, how: HoldEnd) -> Result<()> {
         let (ctid, cfg) = (self.ctid, self.cfg);
         let dump = |source| VeError::Dump { ctid, source };
@@ -519,7 +595,7 @@ impl HeldVe {
             // Let go, but frozen: nothing runs until an admin resumes or destroys it.
             HoldEnd::Suspend => self
                 .frozen
-                .finish(cpt::FinalState::LeaveRunning)
+                .finish(cpt::FinalState::LeaveFrozen)
                 .map_err(dump),
         }
     }

@@ -66,6 +66,7 @@ pub fn run(a: &DumpArgs) -> anyhow::Result<i32> {
         compress: a.compress,
         tcp_established: a.tcp_established,
         sent_pages: None,
+        journal: None,
     };
     let stats =
         cpt::dump(&opts).with_context(|| format!("dump into {} failed", a.dir.display()))?;

@@ -210,7 +210,7 @@ pub fn run(cmd: &VzctlCommand) -> anyhow::Result<i32> {
                 Some(f) => Some(ve::ops::read_sent_pages(f)?),
                 None => None,
             };
-            let held = ve::ops::chkpnt_hold(&layout, a.ctid, &dir, sent)?;
+            let mut held = ve::ops::chkpnt_hold(&layout, a.ctid, &dir, sent)?;
             {
                 use std::io::Write;
                 let mut out = std::io::stdout().lock();
@@ -221,7 +221,10 @@ pub fn run(cmd: &VzctlCommand) -> anyhow::Result<i32> {
             let mut end = None;
             for line in std::io::stdin().lines() {
                 match line?.trim() {
-                    "committing" => committing = true,
+                    "committing" => {
+                        held.committing()?;
+                        committing = true;
+                    }
                     "commit" => end = Some(ve::ops::HoldEnd::Commit),
                     "abort" => end = Some(ve::ops::HoldEnd::Abort),
                     _ => end = Some(ve::ops::HoldEnd::Suspend),
