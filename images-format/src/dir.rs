@@ -14,28 +14,34 @@ use crate::kind::ImageKind;
 use crate::pagestore::{PageStoreIndex, PageStoreReader, PageStoreWriter};
 use crate::{decode, encode, Image};
 
-/// Writes an image into `<final>.tmp-<pid>` (a sibling of the final path) and renames it into
-/// place in [`commit`](Self::commit). Dropping it uncommitted removes the temporary directory.
-/// Writes `record` into the complete image at `dir`, in place of its record of that kind (or
-/// as a new one), through a temporary file renamed over it.
-pub fn replace_record<T: Image>(dir: &Path, record: &T) -> Result<()> {
-    let file = dir.join(T::KIND.file_name());
+/// A record file's bytes: header and payload, refused past the kind's cap (it could not be
+/// read back).
+fn record_bytes<T: Image>(file: &Path, record: &T) -> Result<Vec<u8>> {
     let payload = encode(record)?;
     if payload.len() as u64 > T::MAX_PAYLOAD {
         return Err(FormatError::TooLarge {
-            file,
+            file: file.to_path_buf(),
             len: payload.len() as u64,
             cap: T::MAX_PAYLOAD,
         });
     }
-    let tmp = dir.join(format!(".{}.tmp", T::KIND.file_name()));
-    let header = FileHeader::new(T::KIND, &payload);
-    let mut bytes = header.to_bytes().to_vec();
+    let mut bytes = FileHeader::new(T::KIND, &payload).to_bytes().to_vec();
     bytes.extend_from_slice(&payload);
+    Ok(bytes)
+}
+
+/// Writes `record` into the complete image at `dir`, in place of its record of that kind (or
+/// as a new one), through a temporary file renamed over it.
+pub fn replace_record<T: Image>(dir: &Path, record: &T) -> Result<()> {
+    let file = dir.join(T::KIND.file_name());
+    let bytes = record_bytes(&file, record)?;
+    let tmp = dir.join(format!(".{}.tmp", T::KIND.file_name()));
     fs::write(&tmp, &bytes).map_err(|e| FormatError::io("write", &tmp, e))?;
     fs::rename(&tmp, &file).map_err(|e| FormatError::io("rename", &file, e))
 }
 
+/// Writes an image into `<final>.tmp-<pid>` (a sibling of the final path) and renames it into
+/// place in [`commit`](Self::commit). Dropping it uncommitted removes the temporary directory.
 #[derive(Debug)]
 pub struct ImageWriter {
     final_dir: PathBuf,
@@ -101,21 +107,11 @@ impl ImageWriter {
             });
         }
         let file = self.tmp.join(T::KIND.file_name());
-        let payload = encode(record)?;
-        if payload.len() as u64 > T::MAX_PAYLOAD {
-            // It could not be read back: refuse now rather than at restore.
-            return Err(FormatError::TooLarge {
-                file,
-                len: payload.len() as u64,
-                cap: T::MAX_PAYLOAD,
-            });
-        }
-        let header = FileHeader::new(T::KIND, &payload);
+        let bytes = record_bytes(&file, record)?;
         let mut f = create_new(&file)?;
-        f.write_all(&header.to_bytes())
-            .and_then(|()| f.write_all(&payload))
+        f.write_all(&bytes)
             .map_err(|e| FormatError::io("write", &file, e))?;
-        Ok((HEADER_LEN + payload.len()) as u64)
+        Ok(bytes.len() as u64)
     }
 
     /// Opens `tmp/pages` for the page store; at most one per image. `compress_level` enables
