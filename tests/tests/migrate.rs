@@ -41,12 +41,13 @@ echo OK
 "#;
 
 /// Refusals leave the VE running on the source: a destination where the CTID exists, and a
-/// destination that does not trust the source (refused in the TLS handshake).
+/// destination that does not trust the source (refused in the TLS handshake). Offline and
+/// online (`$MODE`).
 const REFUSALS: &str = r#"
 vz create 121 --command "$LOOP" || fail "create"
 vz start 121 || fail "start"
 b "$BIN/vzctl" create 121 || fail "create 121 on B"
-out=$("$BIN/vzmigrate" 10.98.0.2 121 2>&1) && fail "migration to a host where CTID 121 exists succeeded"
+out=$("$BIN/vzmigrate" $MODE 10.98.0.2 121 2>&1) && fail "migration to a host where CTID 121 exists succeeded"
 echo "$out" | grep -q "CTID 121 exists" || fail "the refusal does not say why: $out"
 status_is 121 running || fail "a refused migration left VE 121 $(vz status 121)"
 b "$BIN/vzctl" destroy 121 || fail "destroy 121 on B"
@@ -54,7 +55,7 @@ b "$BIN/vzctl" destroy 121 || fail "destroy 121 on B"
 VC="$WORK/c"; VZ_DIR="$VC" "$BIN/vzmigrate" keygen >/dev/null || fail "keygen C"
 VZ_DIR="$VC" "$BIN/vzmigrate" trust "$fb" || fail "C trusts B"
 mkdir -p "$VC/conf" && cp "$VZ_DIR/conf/121.conf" "$VC/conf/" 
-out=$(VZ_DIR="$VC" VZ_CGROUP="$VZ_CGROUP" "$BIN/vzmigrate" 10.98.0.2 121 2>&1) && fail "an untrusted source was served"
+out=$(VZ_DIR="$VC" VZ_CGROUP="$VZ_CGROUP" "$BIN/vzmigrate" $MODE 10.98.0.2 121 2>&1) && fail "an untrusted source was served"
 echo "stranger: $out"
 [ "$(b "$BIN/vzctl" status 121)" = "VE 121 absent" ] || fail "an untrusted source left something on B"
 status_is 121 running || fail "VE 121 after the stranger: $(vz status 121)"
@@ -65,13 +66,14 @@ echo OK
 
 /// The destination daemon is killed in the middle of a migration: the VE runs on the source
 /// as before; the daemon's next start removes what had arrived; a new migration succeeds.
+/// Offline and online (`$MODE`).
 const DESTINATION_KILLED: &str = r#"
 vz create 122 --command "$LOOP" || fail "create"
 mkdir -p "$VZ_DIR/private/122/upper/root"
 head -c 200M /dev/urandom > "$VZ_DIR/private/122/upper/root/big" || fail "big file"
 vz start 122 || fail "start"
 until_true 10 vz exec 122 test -s /tmp/count || fail "the loop does not run"
-"$BIN/vzmigrate" 10.98.0.2 122 > "$WORK/m.out" 2>&1 &
+"$BIN/vzmigrate" $MODE 10.98.0.2 122 > "$WORK/m.out" 2>&1 &
 M=$!
 until_true 20 test -e "$VB/migrate/incoming/122" || fail "the migration does not start: $(cat $WORK/m.out)"
 kill -9 $DAEMON
@@ -85,7 +87,7 @@ on_b "$BIN/vzmigrate" --listen 10.98.0.2:4422 > "$WORK/daemon2.log" 2>&1 &
 until_true 10 sh -c "[ ! -e $VB/migrate/incoming/122 ]" || fail "the restarted daemon did not clean up: $(cat $WORK/daemon2.log)"
 [ "$(b "$BIN/vzctl" status 122)" = "VE 122 absent" ] || fail "VE 122 left on B: $(b "$BIN/vzctl" status 122)"
 [ -e "$VB/private/122" ] && fail "the private area of VE 122 was left on B"
-"$BIN/vzmigrate" 10.98.0.2 122 || fail "the migration after the daemon's restart: $(cat $WORK/daemon2.log)"
+"$BIN/vzmigrate" $MODE 10.98.0.2 122 || fail "the migration after the daemon's restart: $(cat $WORK/daemon2.log)"
 [ "$(b "$BIN/vzctl" status 122)" = "VE 122 running" ] || fail "VE 122 on B after the second try"
 cmp "$VB/private/122/upper/root/big" "$VZ_DIR/private/122/upper/root/big" 2>/dev/null
 status_is 122 absent || fail "VE 122 still on A"
@@ -337,11 +339,19 @@ fn main() {
         ),
         (
             "migrate_refusals_leave_the_ve_running",
-            format!("{TWO_HOSTS}\n{REFUSALS}"),
+            format!("MODE=\n{TWO_HOSTS}\n{REFUSALS}"),
+        ),
+        (
+            "migrate_online_refusals_leave_the_ve_running",
+            format!("MODE=--online\n{TWO_HOSTS}\n{REFUSALS}"),
         ),
         (
             "migrate_destination_killed_midway",
-            format!("{TWO_HOSTS}\n{DESTINATION_KILLED}"),
+            format!("MODE=\n{TWO_HOSTS}\n{DESTINATION_KILLED}"),
+        ),
+        (
+            "migrate_online_destination_killed_midway",
+            format!("MODE=--online\n{TWO_HOSTS}\n{DESTINATION_KILLED}"),
         ),
     ])
 }
