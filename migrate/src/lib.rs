@@ -9,6 +9,7 @@ pub mod fsync;
 pub mod offline;
 pub mod precopy;
 pub mod staging;
+pub mod streams;
 pub mod transport;
 
 #[derive(Debug, thiserror::Error)]

@@ -22,7 +22,7 @@ use serde::Serialize;
 use ve::Layout;
 
 use crate::precopy::{OnlineOptions, Precopy};
-use crate::staging::Staging;
+use crate::streams::{PageSenders, StagingWorker};
 use crate::transport::{self, Identity, Trust};
 use crate::{fsync, MigrateError, Result};
 
@@ -47,6 +47,9 @@ pub struct Report {
     pub rounds: Vec<crate::precopy::RoundReport>,
     /// Page bytes of the rounds over their bytes on the wire (1.0 without `--compress`).
     pub compression_ratio: f64,
+    /// QUIC streams that carried the rounds' pages beside the control stream (0: the
+    /// control stream carried them, or offline).
+    pub page_streams: usize,
 }
 
 fn hello(host: &str) -> Hello {
@@ -54,7 +57,12 @@ fn hello(host: &str) -> Hello {
         version: proto::VERSION,
         engine: env!("CARGO_PKG_VERSION").to_string(),
         host: host.to_string(),
-        caps: vec!["offline".into(), "online".into(), "zstd".into()],
+        caps: vec![
+            "offline".into(),
+            "online".into(),
+            "zstd".into(),
+            crate::streams::CAP.into(),
+        ],
     }
 }
 
@@ -168,12 +176,14 @@ pub async fn migrate(
     }
 
     send!(Message::Hello(hello(&hostname())));
-    match expect(&mut rx).await? {
+    // Page batches go on page streams when the destination takes them.
+    let page_streams = match expect(&mut rx).await? {
         Message::HelloAck(h) => {
             proto::negotiate(proto::VERSION, h.version)?;
+            h.caps.iter().any(|c| c == crate::streams::CAP)
         }
         m => return Err(unexpected(&m, "HelloAck")),
-    }
+    };
     let private = layout.upper(ctid);
     send!(Message::CheckRequest(CheckRequest {
         ctid,
@@ -232,6 +242,13 @@ pub async fn migrate(
         let cgroup =
             ve::ops::cgroup_dir(layout, ctid).map_err(|e| MigrateError::Keys(e.to_string()))?;
         let mut p = Precopy::arm(cgroup).await?;
+        let n = opts
+            .page_streams
+            .min(crate::streams::MAX_PAGE_STREAMS as usize);
+        if page_streams && n > 0 {
+            p.senders = Some(PageSenders::open(&conn, n).await?);
+            report.page_streams = n;
+        }
         loop {
             if !p.rounds.is_empty() {
                 let pending = p.pending().await?;
@@ -258,6 +275,9 @@ pub async fn migrate(
             report.compression_ratio = raw as f64 / sent as f64;
         }
         report.rounds = p.rounds.clone();
+        if let Some(streams) = p.senders.take() {
+            streams.finish();
+        }
         precopy = Some(p);
     }
 
@@ -689,7 +709,8 @@ async fn receive_on(
         ctid: None,
         committed: false,
     };
-    match expect(rx).await? {
+    // The source sends page batches on page streams when both sides name them.
+    let page_streams = match expect(rx).await? {
         Message::Hello(h) => {
             if let Err(e) = proto::negotiate(proto::VERSION, h.version) {
                 let _ = transport::send(
@@ -701,9 +722,10 @@ async fn receive_on(
                 .await;
                 return Err(e.into());
             }
+            h.caps.iter().any(|c| c == crate::streams::CAP)
         }
         m => return Err(unexpected(&m, "Hello")),
-    }
+    };
     transport::send(tx, &Message::HelloAck(hello(&hostname()))).await?;
     let req = match expect(rx).await? {
         Message::CheckRequest(r) => r,
@@ -754,39 +776,33 @@ async fn receive_on(
     // online migration (staged as they come), the image, the rest.
     let mut passes = 0;
     let staging_dir = layout.dump(ctid).with_extension("staging");
-    let mut staging: Option<Staging> = None;
+    let mut staging: Option<StagingWorker> = None;
     loop {
-        match expect(rx).await? {
+        let next = match staging.as_ref() {
+            // A page stream that fails ends the migration without waiting for the source.
+            Some(worker) => tokio::select! {
+                m = expect(rx) => m?,
+                e = worker.failure() => return Err(e),
+            },
+            None => expect(rx).await?,
+        };
+        match next {
             Message::RoundBegin(_) if staging.is_none() => {
-                staging = Some(Staging::create(&staging_dir)?);
+                staging = Some(StagingWorker::start(&staging_dir, conn, page_streams)?);
             }
             Message::RoundBegin(_) => {}
             Message::PageBatch(b) => {
-                let Some(st) = staging.as_mut() else {
+                let Some(st) = staging.as_ref() else {
                     return Err(unexpected(&Message::PageBatch(b), "RoundBegin"));
                 };
-                let pages = b.pages();
-                if pages > crate::staging::MAX_BATCH_PAGES {
-                    return Err(MigrateError::Connection(format!(
-                        "the source sent a batch of {pages} pages"
-                    )));
-                }
-                let data = if b.compressed {
-                    zstd::bulk::decompress(&b.data, (pages * 4096) as usize).map_err(|e| {
-                        MigrateError::Connection(format!("a compressed page batch: {e}"))
-                    })?
-                } else {
-                    b.data
-                };
-                let owner = match b.owner {
-                    proto::PageOwner::Process(p) => images_format::mm::PageOwner::Process(p),
-                    proto::PageOwner::Shmem(id) => images_format::mm::PageOwner::Shmem(id),
-                    proto::PageOwner::SysvShm(id) => images_format::mm::PageOwner::SysvShm(id),
-                };
-                st.add(owner, &b.runs, &data)?;
+                st.submit(b).await?;
             }
             Message::RoundEnd(r) => {
-                let pages_staged = staging.as_ref().map_or(0, |s| s.pages_received);
+                let pages_staged = match staging.as_mut() {
+                    Some(st) => st.end_round(r.round, r.pages).await?,
+                    None if r.pages == 0 => 0,
+                    None => return Err(unexpected(&Message::RoundEnd(r), "RoundBegin")),
+                };
                 transport::send(
                     tx,
                     &Message::RoundAck(proto::RoundAck {
@@ -830,8 +846,8 @@ async fn receive_on(
                 }
                 // The last dump's pages join the staged ones (not while the source waits
                 // for nothing: this is part of the downtime, and copies no staged page).
-                if let Some(st) = staging.take() {
-                    let m = st.merge(&image)?;
+                if let Some(worker) = staging.take() {
+                    let m = worker.finish().await?.merge(&image)?;
                     tracing::info!(?m, "staged pages merged");
                 }
                 let _ = std::fs::remove_dir_all(&staging_dir);

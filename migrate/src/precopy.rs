@@ -22,6 +22,7 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 
 use crate::staging::MAX_BATCH_PAGES;
+use crate::streams::{send_on_control, PageSenders, Sent};
 use crate::{MigrateError, Result};
 
 /// How an online migration pre-copies.
@@ -33,6 +34,9 @@ pub struct OnlineOptions {
     pub max_rounds: u32,
     /// zstd per batch (`--compress`).
     pub compress: bool,
+    /// QUIC streams for the pages beside the control stream (`--page-streams`; 0: the
+    /// control stream carries them).
+    pub page_streams: usize,
 }
 
 impl Default for OnlineOptions {
@@ -41,6 +45,7 @@ impl Default for OnlineOptions {
             downtime_ms: 100,
             max_rounds: 8,
             compress: false,
+            page_streams: crate::streams::PAGE_STREAMS,
         }
     }
 }
@@ -138,6 +143,9 @@ pub struct Precopy {
     pub rounds: Vec<RoundReport>,
     /// Bytes per millisecond the last round measured.
     bandwidth: f64,
+    /// The page streams, when the destination takes them (else batches go on the control
+    /// stream).
+    pub senders: Option<PageSenders>,
 }
 
 impl Precopy {
@@ -151,6 +159,7 @@ impl Precopy {
             tracker: Some(tracker),
             rounds: Vec::new(),
             bandwidth: 0.0,
+            senders: None,
         })
     }
 
@@ -210,7 +219,7 @@ impl Precopy {
     ) -> Result<RoundReport> {
         let round = self.rounds.len() as u32;
         let t0 = Instant::now();
-        let (btx, mut brx) = mpsc::channel::<(Vec<u8>, u64)>(4);
+        let (btx, brx) = mpsc::channel::<(Vec<u8>, u64)>(4);
         let mut tracker = self.take()?;
         let compress = opts.compress;
         let reading = tokio::task::spawn_blocking(move || {
@@ -234,27 +243,22 @@ impl Precopy {
             round,
             ..Default::default()
         };
-        let mut send_err = None;
-        while let Some((frame, pages)) = brx.recv().await {
-            if send_err.is_some() {
-                continue;
-            }
-            report.pages += pages;
-            report.bytes += pages * images_format::PAGE_SIZE as u64;
-            report.wire_bytes += frame.len() as u64;
-            *wire += frame.len() as u64;
-            if let Err(e) = crate::transport::send_frame(tx, &frame).await {
-                send_err = Some(e);
-                // Closing the channel stops the reader at its next batch.
-                brx.close();
-            }
-            progress(&format!("memory round {round}"), report.bytes, 0);
-        }
+        let label = format!("memory round {round}");
+        let mut shown = |s: Sent| progress(&label, s.pages * images_format::PAGE_SIZE as u64, 0);
+        let sent = match self.senders.as_mut() {
+            Some(streams) => streams.send_all(brx, &mut shown).await,
+            None => send_on_control(tx, brx, &mut shown).await,
+        };
         let (tracker, stats) = reading.await.map_err(|e| blocking_err(&e))?;
         self.tracker = Some(tracker);
-        if let Some(e) = send_err {
-            return Err(crate::offline::peer_reason(rx, e).await);
-        }
+        let sent = match sent {
+            Ok(s) => s,
+            Err(e) => return Err(crate::offline::peer_reason(rx, e).await),
+        };
+        report.pages = sent.pages;
+        report.bytes = sent.pages * images_format::PAGE_SIZE as u64;
+        report.wire_bytes = sent.wire_bytes;
+        *wire += sent.wire_bytes;
         stats.map_err(|e| MigrateError::Aborted(format!("pre-copy round {round}: {e}")))?;
         let m = Message::RoundEnd(RoundEnd {
             round,

@@ -394,6 +394,8 @@ fn transport_config() -> Arc<quinn::TransportConfig> {
     t.stream_receive_window(quinn::VarInt::from_u32(32 << 20));
     t.receive_window(quinn::VarInt::from_u32(64 << 20));
     t.send_window(64 << 20);
+    // Page streams beside the control stream; a peer opening more is held off by QUIC.
+    t.max_concurrent_uni_streams(quinn::VarInt::from_u32(crate::streams::MAX_PAGE_STREAMS));
     Arc::new(t)
 }
 

@@ -16,7 +16,8 @@
 //!    ImageChunk* {name, offset, data}   ──────────▶
 //!  online: for round 1, 2, ...:
 //!    RoundBegin {round, pages}           ──────────▶
-//!    ── page streams (several in parallel) ──
+//!    ── page streams (several in parallel, when both hellos name `page-streams`;
+//!       else on the control stream) ──
 //!    PageBatch* {round, owner, runs, data}──────────▶  staged as they arrive
 //!    ── control stream ──
 //!    RoundEnd {round, pages, bytes}      ──────────▶

@@ -90,6 +90,9 @@ hostile big-frame-stall
 untouched
 hostile taken-ctid
 untouched
+hostile page-streams
+untouched
+[ -e "$VB/conf/141.conf" ] && fail "VE 141 of the page-stream peer was left on B"
 RSS1=$(rss)
 note "daemon RSS: $RSS0 kB before, $RSS1 kB after"
 [ "$RSS1" -lt $((RSS0 + 65536)) ] || fail "the daemon's RSS grew from $RSS0 to $RSS1 kB"
@@ -183,6 +186,7 @@ fn client_main(args: &[String]) -> i32 {
             "oversized" => oversized(&ctx).await,
             "big-frame-stall" => big_frame_stall(&ctx).await,
             "taken-ctid" => taken_ctid(&ctx).await,
+            "page-streams" => page_streams(&ctx).await,
             s => Err(format!("no scenario {s}")),
         }
     });
@@ -638,4 +642,125 @@ async fn taken_ctid(ctx: &Ctx) -> R<String> {
     let _ = tx.finish();
     let _ = tokio::time::timeout(Duration::from_secs(5), conn.closed()).await;
     Ok(format!("refused: {problems:?}"))
+}
+
+/// Sends `m` on `tx`, as a frame.
+async fn put(tx: &mut quinn::SendStream, m: Message) -> R<()> {
+    tx.write_all(&frame(&m)).await.map_err(|e| e.to_string())
+}
+
+/// A trusted peer starts an online migration of a free CTID (141) with page streams, then
+/// misuses them: it opens more page streams than the daemon allows (QUIC holds the extra ones
+/// off), sends a control message on a page stream, or a batch of a round that is not under
+/// way. Each time the daemon aborts the migration with a reason naming the misuse and keeps
+/// nothing of it (the script checks no VE 141 is left).
+async fn page_streams(ctx: &Ctx) -> R<String> {
+    let mut seen = Vec::new();
+    for case in ["control-message-on-a-page-stream", "batch-of-another-round"] {
+        let ep = endpoint()?;
+        let conn = connect(ctx, &ep, Auth::Trusted, true).await?;
+        let (mut tx, mut rx) = conn.open_bi().await.map_err(|e| e.to_string())?;
+        put(
+            &mut tx,
+            Message::Hello(Hello {
+                version: proto::VERSION,
+                engine: "hostile".into(),
+                host: "hostile".into(),
+                caps: vec!["online".into(), "page-streams".into()],
+            }),
+        )
+        .await?;
+        match read_frame(&mut rx).await? {
+            Some(Message::HelloAck(h)) if h.caps.iter().any(|c| c == "page-streams") => {}
+            m => return Err(format!("Hello answered with {m:?} (no page-streams)")),
+        }
+        put(
+            &mut tx,
+            Message::CheckRequest(proto::CheckRequest {
+                ctid: 141,
+                arch: std::env::consts::ARCH.into(),
+                xsave_features: 0,
+                kernel: "hostile".into(),
+                needed_bytes: 0,
+                features: vec![],
+            }),
+        )
+        .await?;
+        match read_frame(&mut rx).await? {
+            Some(Message::CheckReply(r)) if r.problems.is_empty() => {}
+            m => return Err(format!("CheckRequest answered with {m:?}")),
+        }
+        put(
+            &mut tx,
+            Message::VeConfig(proto::VeConfigMsg {
+                ctid: 141,
+                config: "command = \"true\"\n".into(),
+            }),
+        )
+        .await?;
+        put(
+            &mut tx,
+            Message::FsDone(proto::FsDone { files: 0, bytes: 0 }),
+        )
+        .await?;
+        put(
+            &mut tx,
+            Message::RoundBegin(proto::RoundBegin { round: 0, pages: 0 }),
+        )
+        .await?;
+        let batch = |round| {
+            Message::PageBatch(proto::PageBatch {
+                round,
+                owner: proto::PageOwner::Process(1),
+                runs: vec![(0x10000, 1)],
+                compressed: false,
+                data: vec![0x5a; 4096],
+            })
+        };
+        let mut streams = Vec::new();
+        for _ in 0..migrate::streams::MAX_PAGE_STREAMS {
+            let s = tokio::time::timeout(Duration::from_secs(5), conn.open_uni())
+                .await
+                .map_err(|_| "opening an allowed page stream took over 5 s".to_string())?
+                .map_err(|e| e.to_string())?;
+            streams.push(s);
+        }
+        // One past the limit: QUIC does not let it open while the others are.
+        if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_millis(500), conn.open_uni()).await {
+            return Err(format!(
+                "a page stream past the limit of {} opened",
+                migrate::streams::MAX_PAGE_STREAMS
+            ));
+        }
+        // A good batch first, on the first stream.
+        put(&mut streams[0], batch(0)).await?;
+        let bad = match case {
+            "control-message-on-a-page-stream" => hello_msg(),
+            _ => batch(5),
+        };
+        put(&mut streams[1], bad).await?;
+        let reason = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                match read_frame(&mut rx).await? {
+                    Some(Message::Abort(a)) => return Ok(a.reason),
+                    Some(_) => {}
+                    None => return Err("the daemon ended the stream without an Abort".to_string()),
+                }
+            }
+        })
+        .await
+        .map_err(|_| format!("{case}: no Abort within 10 s"))??;
+        let wanted = match case {
+            "control-message-on-a-page-stream" => "page stream carried a Hello",
+            _ => "batch of round 5",
+        };
+        if !reason.contains(wanted) {
+            return Err(format!(
+                "{case}: the reason {reason:?} does not say {wanted:?}"
+            ));
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(5), conn.closed()).await;
+        seen.push(format!("{case}: {reason}"));
+    }
+    Ok(seen.join("; "))
 }

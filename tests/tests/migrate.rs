@@ -141,6 +141,7 @@ echo "$out" | python3 -c '
 import json, sys
 r = json.load(sys.stdin)
 assert r["mode"] == "online", r
+assert r["page_streams"] == 4, "the pages did not go over the page streams"
 assert len(r["rounds"]) >= 1 and r["rounds"][0]["pages"] >= 16384, r["rounds"]
 assert r["image_bytes"] < r["rounds"][0]["bytes"], "the last dump stored the whole memory again"
 ' || fail "report A->B"

@@ -36,6 +36,11 @@ struct Cli {
     /// Online: compress each page batch with zstd.
     #[arg(long, requires = "online")]
     compress: bool,
+    /// Online: QUIC streams carrying pages side by side (0: on the control stream).
+    #[arg(long, value_name = "N", requires = "online",
+          default_value_t = migrate::streams::PAGE_STREAMS as u32,
+          value_parser = clap::value_parser!(u32).range(0..=migrate::streams::MAX_PAGE_STREAMS as i64))]
+    page_streams: u32,
     /// Keep the VE's stopped copy (config and private area) on the source.
     #[arg(long)]
     keep_src: bool,
@@ -113,6 +118,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         downtime_ms: cli.downtime_ms,
         max_rounds: cli.max_rounds,
         compress: cli.compress,
+        page_streams: cli.page_streams as usize,
     });
     // A bar on a terminal (indicatif draws nothing when stderr is not one), none with --json.
     let bar = if cli.json {

@@ -8,7 +8,8 @@
 //! redis VE with 10,000 keys and 50 clients connected from outside it (VE state on tmpfs, its
 //! own cgroup; the benchmark runs in its own network namespace); offline and online migration
 //! of VEs of 256 MiB and 1 GiB written at 0, 10 and 100 MB/s between two network namespaces
-//! (`--migrate-only`: that part alone). Figures go to
+//! (`--migrate-only`: that part alone; `MIGRATE_SIZES`, `MIGRATE_RATES` and `MIGRATE_MODES`
+//! (`offline online online-1-stream`) choose the cases). Figures go to
 //! docs/BENCHMARKS.md by hand, with this command. The workload is the `counter` test workload.
 //!
 //! It re-executes itself as PID 1 of a new PID namespace so restored PIDs are always free and
@@ -448,12 +449,16 @@ gcc -O2 -o "$WORK/memwriter" "$SRC/tests/bench/memwriter.c" || fail "gcc memwrit
 ctid=200
 for mb in $SIZES; do
   for rate in $RATES; do
-    for mode in offline online; do
+    for mode in $MODES; do
       ctid=$((ctid + 1))
       vz create $ctid --command "exec $WORK/memwriter $mb $rate" >/dev/null || fail "create $ctid"
       vz start $ctid || fail "start $ctid"
       until_true 60 vz exec $ctid test -e /tmp/ready || fail "VE $ctid not ready"
-      flag=""; [ $mode = online ] && flag="--online"
+      case $mode in
+        online) flag="--online" ;;
+        online-1-stream) flag="--online --page-streams 0" ;;
+        *) flag="" ;;
+      esac
       out=$("$BIN/vzmigrate" $flag --json 10.98.0.2 $ctid 2>&1) || fail "migrate $ctid: $out $(tail -5 $WORK/daemon.log)"
       echo "$out" | MB=$mb RATE=$rate MODE=$mode python3 -c '
 import json, os, sys
@@ -500,8 +505,22 @@ fn migrate_bench(quick: bool) -> anyhow::Result<()> {
             ("VZ_CGROUP", cgroup.clone()),
             ("SRC", src.to_string_lossy().into_owned()),
             ("MIGRATE_TABLE", table.to_string_lossy().into_owned()),
-            ("SIZES", if quick { "64" } else { "256 1024" }.to_string()),
-            ("RATES", if quick { "0 10" } else { "0 10 100" }.to_string()),
+            (
+                "SIZES",
+                std::env::var("MIGRATE_SIZES")
+                    .unwrap_or_else(|_| if quick { "64" } else { "256 1024" }.into()),
+            ),
+            (
+                "RATES",
+                std::env::var("MIGRATE_RATES")
+                    .unwrap_or_else(|_| if quick { "0 10" } else { "0 10 100" }.into()),
+            ),
+            // `online-1-stream`: pages on the control stream, to compare with the page streams.
+            (
+                "MODES",
+                std::env::var("MIGRATE_MODES")
+                    .unwrap_or_else(|_| "offline online online-1-stream".into()),
+            ),
         ],
         timeout_s: 1800,
     }
