@@ -504,3 +504,77 @@ mod tests {
         assert!(e.contains("sent 4 pages in round 0 and announced 3"), "{e}");
     }
 }
+
+/// Transport throughput alone (no VE, no tracker, no staging writes): `cargo test --release -p
+/// migrate page_stream_throughput -- --ignored --nocapture`. Prints GB/s over loopback for
+/// 1 and 4 page streams.
+#[cfg(test)]
+mod throughput {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "a measurement, not a test: run by hand in release mode"]
+    async fn page_stream_throughput() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = crate::transport::Identity::generate(&dir.path().join("s"), false).unwrap();
+        let dst = crate::transport::Identity::generate(&dir.path().join("d"), false).unwrap();
+        let ep = crate::transport::server(
+            "127.0.0.1:0".parse().unwrap(),
+            &dst,
+            crate::transport::Trust::from_fingerprints(&[src.fingerprint()]),
+        )
+        .unwrap();
+        let addr = ep.local_addr().unwrap();
+        let c = crate::transport::client(
+            &src,
+            crate::transport::Trust::from_fingerprints(&[dst.fingerprint()]),
+        )
+        .unwrap();
+        for n in [1usize, 4, 1, 4] {
+            let (a, b) = tokio::join!(crate::transport::connect(&c, addr), async {
+                ep.accept().await.unwrap().await.unwrap()
+            });
+            let conn = a.unwrap();
+            let sink = tokio::spawn(async move {
+                let mut total = 0u64;
+                let mut tasks = tokio::task::JoinSet::new();
+                for _ in 0..n {
+                    let mut s = b.accept_uni().await.unwrap();
+                    tasks.spawn(async move {
+                        let mut got = 0u64;
+                        while let Ok(Some(c)) = s.read_chunk(1 << 20, false).await {
+                            got += c.bytes.len() as u64;
+                        }
+                        got
+                    });
+                }
+                while let Some(r) = tasks.join_next().await {
+                    total += r.unwrap();
+                }
+                total
+            });
+            let mut senders = PageSenders::open(&conn, n).await.unwrap();
+            let (tx, rx) = mpsc::channel(4);
+            let frame = vec![0x5au8; 4 << 20];
+            let t0 = std::time::Instant::now();
+            let feed = tokio::spawn(async move {
+                for _ in 0..256 {
+                    tx.send((frame.clone(), 1024)).await.unwrap();
+                }
+            });
+            // A stream's first write opens it on the wire: the sink accepts them as they come.
+            let sent = senders.send_all(rx, &mut |_| {}).await.unwrap();
+            feed.await.unwrap();
+            senders.finish();
+            let got = sink.await.unwrap();
+            let secs = t0.elapsed().as_secs_f64();
+            assert_eq!(got, sent.wire_bytes);
+            println!(
+                "{n} stream(s): {:.2} GB/s ({} MiB in {secs:.2} s)",
+                got as f64 / secs / 1e9,
+                got >> 20
+            );
+            conn.close(0u32.into(), b"done");
+        }
+    }
+}

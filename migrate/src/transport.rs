@@ -394,6 +394,12 @@ fn transport_config() -> Arc<quinn::TransportConfig> {
     t.stream_receive_window(quinn::VarInt::from_u32(32 << 20));
     t.receive_window(quinn::VarInt::from_u32(64 << 20));
     t.send_window(64 << 20);
+    // Bigger datagrams where the path takes them (jumbo frames, loopback): each carries more
+    // page bytes per packet encrypted and per system call. MTU discovery probes up to this
+    // and stays at 1200..1452 bytes on a path that drops larger ones.
+    let mut mtu = quinn::MtuDiscoveryConfig::default();
+    mtu.upper_bound(u16::MAX);
+    t.mtu_discovery_config(Some(mtu));
     // Page streams beside the control stream; a peer opening more is held off by QUIC.
     t.max_concurrent_uni_streams(quinn::VarInt::from_u32(crate::streams::MAX_PAGE_STREAMS));
     Arc::new(t)
