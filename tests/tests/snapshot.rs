@@ -186,6 +186,40 @@ vz snapshot 312 --name two || fail "a snapshot after the failures"
 echo OK
 "#;
 
+/// A VE with an address, serving a count kept in memory over TCP: a rollback brings the
+/// count back to its value at the snapshot, with the listening socket and the VE's network
+/// (no blackhole left on the host) as they were.
+const NETWORK: &str = r#"
+vz create 303 --command 'exec python3 /root/srv.py' || fail "create"
+mkdir -p "$VZ_DIR/private/303/upper/root"
+cat > "$VZ_DIR/private/303/upper/root/srv.py" <<'PY'
+import socket
+n = 0
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", 7007))
+s.listen()
+open("/tmp/listening", "w").close()
+while True:
+    c, _ = s.accept()
+    n += 1
+    c.send(str(n).encode())
+    c.close()
+PY
+vz set 303 --ipadd 10.99.1.7 --save || fail "set --ipadd"
+vz start 303 || fail "start"
+until_true 10 vz exec 303 test -e /tmp/listening || fail "the server does not listen"
+ask() { python3 -c 'import socket; s = socket.create_connection(("10.99.1.7", 7007), timeout=3); print(s.recv(100).decode())'; }
+[ "$(ask)" = 1 ] && [ "$(ask)" = 2 ] || fail "the server does not count"
+vz snapshot 303 --name two || fail "snapshot"
+[ "$(ask)" = 3 ] || fail "the server after the snapshot"
+[ "$(ask)" = 4 ] || fail "the server after the snapshot"
+vz rollback 303 two || fail "rollback"
+ip route show type blackhole | grep -q 10.99.1.7 && fail "the address stays blackholed after the rollback"
+[ "$(ask)" = 3 ] || fail "the count in memory was not rolled back"
+echo OK
+"#;
+
 /// Why snapshot trials cannot run here, if they cannot.
 fn skip_reason() -> Option<String> {
     if let Some(r) = tests::ve_harness::skip_reason() {
@@ -217,6 +251,7 @@ fn main() {
         ("rollback", ROLLBACK),
         ("tree", TREE),
         ("refusals", REFUSALS),
+        ("network", NETWORK),
     ]
     .into_iter()
     .map(|(name, body)| {

@@ -434,6 +434,13 @@ fn take(layout: &Layout, ctid: u32, running: bool, staging: &Path) -> Result<Tak
             fs_snapshot_ms,
         });
     }
+    // Most dirty data is written out while the VE still runs: the snapshot, which writes out
+    // what is left, then keeps the VE stopped for less.
+    if let Ok(dir) = File::open(&private) {
+        if let Err(e) = nix::unistd::syncfs(&dir) {
+            tracing::warn!(ctid, %e, "syncfs of the private area before the snapshot");
+        }
+    }
     let dumped = dump_memory(layout, ctid, &staging.join(MEMORY))?;
     let stopped = Instant::now();
     let fs = if sys::fault::hit("snapshot.after-dump") {
