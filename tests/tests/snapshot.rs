@@ -131,7 +131,8 @@ echo OK
 /// Refusals, each with a clear message and nothing changed: a private area not on btrfs, a
 /// plain directory on btrfs, unknown and taken names, bad names, a suspended VE. A snapshot
 /// failing after the memory dump, and one whose vzctl is killed there, leave the VE running
-/// as it was and no snapshot behind.
+/// as it was and no snapshot behind. A rollback failing before the kill, and one to a
+/// snapshot whose memory image is damaged, leave the VE running with its files.
 const REFUSALS: &str = r#"
 # Not on btrfs: another "host" whose private area is a tmpfs.
 mkdir -p "$WORK/plain/private" && mount -t tmpfs tmpfs "$WORK/plain/private" || fail "tmpfs"
@@ -183,6 +184,21 @@ log_contiguous 312 || fail "the log after the killed snapshot"
 ls -A "$VZ_DIR/private/snapshots/312" | grep -q '^\.tmp-\|^killed$' && fail "a killed snapshot left: $(ls -A "$VZ_DIR/private/snapshots/312")"
 [ "$(vz snapshot-list 312 --json | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["snapshots"]))')" = 1 ] || fail "snapshot-list after the failures: $(vz snapshot-list 312)"
 vz snapshot 312 --name two || fail "a snapshot after the failures"
+# A rollback failing before it discards anything: the VE goes on untouched.
+in_ve 312 sh -c 'echo now > /root/mark'
+out=$(VZCPT_FAULT=rollback.before-kill vz rollback 312 two 2>&1) && fail "the failure point did not fail the rollback"
+echo "$out" | grep -q "rollback.before-kill" || fail "the rollback's failure is not reported: $out"
+status_is 312 running || fail "a failed rollback left the VE $(vz status 312)"
+[ "$(vz exec 312 cat /root/mark)" = now ] || fail "a failed rollback changed the files"
+n=$(last 312); until_true 5 sh -c "[ \$(tail -n1 $(log_of 312)) -gt $((n + 3)) ]" || fail "the VE does not go on after a failed rollback"
+ls -A "$VZ_DIR/private/snapshots/312" | grep -q '^\.tmp-' && fail "a failed rollback left: $(ls -A "$VZ_DIR/private/snapshots/312")"
+# A damaged memory image is found before the VE is touched.
+printf 'XXXX' | dd of="$VZ_DIR/private/snapshots/312/two/memory/pages" bs=1 seek=5000 conv=notrunc 2>/dev/null
+out=$(vz rollback 312 two 2>&1) && fail "a rollback to a damaged image succeeded"
+echo "$out" | grep -q "damaged" || fail "the refusal does not say the image is damaged: $out"
+status_is 312 running || fail "a refused rollback left the VE $(vz status 312)"
+[ "$(vz exec 312 cat /root/mark)" = now ] || fail "a refused rollback changed the files"
+log_contiguous 312 || fail "the log after the refused rollbacks"
 echo OK
 "#;
 

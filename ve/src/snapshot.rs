@@ -125,17 +125,20 @@ fn failed(ctid: u32, what: impl Into<String>) -> VeError {
     }
 }
 
+/// An error and its sources, `: `-separated.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(&format!(": {s}"));
+        source = s.source();
+    }
+    text
+}
+
 /// An error of the `sys` crate with its whole chain, after `what`.
 fn sys_failed(ctid: u32, what: String) -> impl FnOnce(sys::SysError) -> VeError {
-    move |e| {
-        let mut text = format!("{what}: {e}");
-        let mut source = std::error::Error::source(&e);
-        while let Some(s) = source {
-            text.push_str(&format!(": {s}"));
-            source = s.source();
-        }
-        failed(ctid, text)
-    }
+    move |e| failed(ctid, format!("{what}: {}", chain(&e)))
 }
 
 fn ms(since: Instant) -> f64 {
@@ -591,6 +594,29 @@ pub fn list(layout: &Layout, ctid: u32) -> Result<SnapshotList> {
     })
 }
 
+/// Checks a snapshot's memory image as `vzcpt verify` does (headers, checksums of every file
+/// and page chunk, consistency), before the rollback discards the VE's current state.
+fn verify_memory(ctid: u32, dir: &Path) -> Result<()> {
+    let check = || -> std::result::Result<(), rst::RestoreError> {
+        let img = rst::Images::load(dir)?;
+        rst::validate::validate(&img)?;
+        Ok(img
+            .dir
+            .page_store(&img.pagemap.store)
+            .and_then(|s| s.verify_all())?)
+    };
+    check().map_err(|e| {
+        failed(
+            ctid,
+            format!(
+                "the snapshot's memory image {} is damaged (nothing was changed): {}",
+                dir.display(),
+                chain(&e)
+            ),
+        )
+    })
+}
+
 /// `vzctl rollback CTID NAME`: the VE's files, config and (if the snapshot has them) running
 /// processes as they were at snapshot NAME; its current state is discarded.
 pub fn rollback(layout: &Layout, ctid: u32, name: &str) -> Result<RollbackStats> {
@@ -607,6 +633,9 @@ pub fn rollback(layout: &Layout, ctid: u32, name: &str) -> Result<RollbackStats>
     remove_staging(layout, ctid)?;
     let conf_text =
         std::fs::read(snap.join(CONF)).map_err(io_err(ctid, "read", snap.join(CONF)))?;
+    if meta.memory {
+        verify_memory(ctid, &snap.join(MEMORY))?;
+    }
     // The new private area is made first: until the swap, the VE is untouched.
     let fresh = layout
         .snapshots(ctid)
@@ -621,6 +650,12 @@ pub fn rollback(layout: &Layout, ctid: u32, name: &str) -> Result<RollbackStats>
         }
         e
     };
+    if sys::fault::hit("rollback.before-kill") {
+        return Err(discard_fresh(failed(
+            ctid,
+            sys::fault::message("rollback.before-kill"),
+        )));
+    }
     // The current state goes: the VE is killed (nothing of it may run on), a dump of it
     // (status dumped) removed with the addresses it kept locked.
     match status {
