@@ -132,7 +132,8 @@ echo OK
 /// plain directory on btrfs, unknown and taken names, bad names, a suspended VE. A snapshot
 /// failing after the memory dump, and one whose vzctl is killed there, leave the VE running
 /// as it was and no snapshot behind. A rollback failing before the kill, and one to a
-/// snapshot whose memory image is damaged, leave the VE running with its files.
+/// snapshot whose memory image is damaged, leave the VE running with its files; one whose
+/// vzctl is killed after the swap is finished by the next command (files and config).
 const REFUSALS: &str = r#"
 # Not on btrfs: another "host" whose private area is a tmpfs.
 mkdir -p "$WORK/plain/private" && mount -t tmpfs tmpfs "$WORK/plain/private" || fail "tmpfs"
@@ -199,6 +200,22 @@ echo "$out" | grep -q "damaged" || fail "the refusal does not say the image is d
 status_is 312 running || fail "a refused rollback left the VE $(vz status 312)"
 [ "$(vz exec 312 cat /root/mark)" = now ] || fail "a refused rollback changed the files"
 log_contiguous 312 || fail "the log after the refused rollbacks"
+# vzctl killed right after the swap: the next command finishes the rollback of the files and
+# the config (the VE stays stopped); a second rollback brings the memory back too.
+vz snapshot 312 --name three || fail "snapshot three"
+vz set 312 --hostname changed --save || fail "set --hostname"
+in_ve 312 sh -c 'echo later > /root/mark'
+VZCPT_FAULT=rollback.after-swap:kill vz rollback 312 three >/dev/null 2>&1 && fail "the killed rollback succeeded"
+status_is 312 stopped || fail "after a killed rollback the VE is $(vz status 312)"
+grep -q changed "$VZ_DIR/conf/312.conf" && fail "a killed rollback did not finish with the config"
+[ "$(cat "$VZ_DIR/private/312/upper/root/mark")" = now ] || fail "a killed rollback: mark is $(cat "$VZ_DIR/private/312/upper/root/mark")"
+ls -A "$VZ_DIR/private/312" "$VZ_DIR/private/snapshots/312" | grep -q '^\.tmp-\|^\.rollback' && fail "a killed rollback left: $(ls -A "$VZ_DIR/private/312" "$VZ_DIR/private/snapshots/312")"
+vz snapshot-list 312 --json | json 'd["current"] == "three"' || fail "the current snapshot after a killed rollback"
+[ "$(subvolumes)" = 4 ] || fail "a killed rollback left a subvolume: $(btrfs subvolume list "$VZ_DIR/private")"
+vz rollback 312 three || fail "rollback after the killed one"
+status_is 312 running || fail "the second rollback did not restore the memory"
+until_true 5 sh -c "[ \$(tail -n1 $(log_of 312)) -gt $((n + 3)) ]" || fail "the VE does not go on after the second rollback"
+log_contiguous 312 || fail "the log after the second rollback"
 echo OK
 "#;
 

@@ -51,6 +51,9 @@ const CONF: &str = "ve.conf";
 const CURRENT: &str = ".current";
 const LOCK: &str = ".lock";
 const STAGING: &str = ".tmp-";
+/// In the private area's top (beside `upper`, out of the VE's sight) from a rollback's swap
+/// until its config is back: the snapshot's name, for the recovery of a killed rollback.
+const ROLLBACK_MARK: &str = ".rollback";
 const MAX_NAME: usize = 64;
 
 /// What `meta.toml` records of a snapshot.
@@ -307,6 +310,9 @@ pub(crate) fn recover_interrupted(layout: &Layout, ctid: u32) {
     }
     match lock(layout, ctid, false) {
         Ok(Some(_lock)) => {
+            if let Err(e) = finish_swapped_rollback(layout, ctid) {
+                tracing::warn!(ctid, %e, "cannot finish an interrupted rollback");
+            }
             if let Err(e) = remove_staging(layout, ctid) {
                 tracing::warn!(ctid, %e, "cannot remove an abandoned snapshot operation's work");
             }
@@ -314,6 +320,27 @@ pub(crate) fn recover_interrupted(layout: &Layout, ctid: u32) {
         Ok(None) => {}
         Err(e) => tracing::warn!(ctid, %e, "cannot lock the VE's snapshots"),
     }
+}
+
+/// A rollback killed after its swap: its private area is the snapshot's already; the config
+/// and the current snapshot follow (the VE stays stopped: its memory is not restored).
+fn finish_swapped_rollback(layout: &Layout, ctid: u32) -> Result<()> {
+    let mark = layout.private(ctid).join(ROLLBACK_MARK);
+    let Ok(name) = std::fs::read_to_string(&mark) else {
+        return Ok(());
+    };
+    let name = name.trim();
+    check_name(ctid, name)?;
+    let conf = layout.snapshots(ctid).join(name).join(CONF);
+    let text = std::fs::read(&conf).map_err(io_err(ctid, "read", &conf))?;
+    write_atomic(ctid, &layout.conf(ctid), &text)?;
+    set_current(layout, ctid, Some(name))?;
+    tracing::warn!(
+        ctid,
+        name,
+        "an interrupted rollback was finished (the VE is stopped)"
+    );
+    std::fs::remove_file(&mark).map_err(io_err(ctid, "remove", &mark))
 }
 
 fn read_meta(layout: &Layout, ctid: u32, name: &str) -> Result<SnapshotMeta> {
@@ -674,6 +701,10 @@ pub fn rollback(layout: &Layout, ctid: u32, name: &str) -> Result<RollbackStats>
         Status::Stopped | Status::Absent => {}
     }
     let private = layout.private(ctid);
+    let mark = fresh.join(ROLLBACK_MARK);
+    std::fs::write(&mark, name)
+        .map_err(io_err(ctid, "write", &mark))
+        .map_err(discard_fresh)?;
     btrfs::exchange(&private, &fresh)
         .map_err(sys_failed(
             ctid,
@@ -681,8 +712,11 @@ pub fn rollback(layout: &Layout, ctid: u32, name: &str) -> Result<RollbackStats>
         ))
         .map_err(discard_fresh)?;
     // `fresh` holds the discarded private area now.
+    let _ = sys::fault::hit("rollback.after-swap");
     write_atomic(ctid, &layout.conf(ctid), &conf_text)?;
     set_current(layout, ctid, Some(name))?;
+    let mark = private.join(ROLLBACK_MARK);
+    std::fs::remove_file(&mark).map_err(io_err(ctid, "remove", &mark))?;
     if let Err(e) = remove_tree(ctid, &fresh) {
         // Removed by the next snapshot operation.
         tracing::warn!(ctid, %e, "cannot delete the discarded private area yet");
