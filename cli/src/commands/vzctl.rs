@@ -372,6 +372,9 @@ fn run_snapshot(layout: &Layout, cmd: &VzctlCommand) -> anyhow::Result<()> {
             if a.json {
                 super::print_json(&l)?;
             } else {
+                if l.snapshots.is_empty() {
+                    eprintln!("VE {} has no snapshots", a.ctid);
+                }
                 for s in &l.snapshots {
                     let mark = if s.current { '*' } else { ' ' };
                     let what = if s.memory { "memory+files" } else { "files" };
