@@ -89,7 +89,8 @@ echo OK
 
 /// A tree of snapshots: a -> b -> c taken while the VE runs; deleting b gives c the parent a
 /// and rolling back to c still brings its files and memory back; a rollback to a and a
-/// snapshot d make a branch; deleting a root leaves its children as roots.
+/// snapshot d make a branch; deleting a root leaves its children as roots. A rollback whose
+/// memory restore fails leaves the snapshot's files and the VE stopped, and says so.
 const TREE: &str = r#"
 vz create 302 --command "$LOOP" || fail "create"
 vz start 302 || fail "start"
@@ -125,6 +126,17 @@ echo "$out" | json '[(s["name"], s["parent"]) for s in d["snapshots"]] == [("c",
 vz rollback 302 c || fail "rollback to c after deleting a"
 [ "$(vz exec 302 cat /root/stage)" = c ] || fail "rollback to c again: stage is $(vz exec 302 cat /root/stage)"
 log_contiguous 302 || fail "the log after the second rollback to c"
+# The restore of the memory failing after the swap: the files are c's, the VE stopped, and
+# the message says so; the next rollback brings it back running.
+in_ve 302 sh -c 'echo later > /root/stage'
+out=$(VZCPT_FAULT=restore.before-release vz rollback 302 d 2>&1) && fail "the failure point did not fail the restore"
+echo "$out" | grep -q "files and config are back as at snapshot \"d\".*the VE is stopped" || fail "the message: $out"
+status_is 302 stopped || fail "after a failed restore the VE is $(vz status 302)"
+[ "$(cat "$VZ_DIR/private/302/upper/root/stage")" = a ] || fail "after a failed restore: stage is $(cat "$VZ_DIR/private/302/upper/root/stage")"
+[ -d "/sys/fs/cgroup/unified/$VZ_CGROUP/302" ] && fail "a failed restore left the cgroup"
+vz rollback 302 d || fail "rollback after the failed restore"
+status_is 302 running || fail "the rollback after a failed restore: $(vz status 302)"
+log_contiguous 302 || fail "the log after the rollback to d"
 echo OK
 "#;
 

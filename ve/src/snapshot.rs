@@ -531,22 +531,24 @@ pub fn snapshot(layout: &Layout, ctid: u32, name: &str) -> Result<SnapshotStats>
     let staging = dir.join(format!("{STAGING}snapshot-{name}"));
     std::fs::create_dir(&staging).map_err(io_err(ctid, "create", &staging))?;
     let parent = current(layout, ctid);
-    let made = take(layout, ctid, running, &staging).and_then(|taken| {
-        let conf = layout.conf(ctid);
-        std::fs::copy(&conf, staging.join(CONF)).map_err(io_err(ctid, "copy", &conf))?;
-        let meta = SnapshotMeta {
-            name: name.to_string(),
-            parent: parent.clone(),
-            created_unix: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs()),
-            memory: taken.memory.is_some(),
-            frozen_ms: taken.frozen_ms,
-        };
-        write_meta(ctid, &staging, &meta)?;
-        std::fs::rename(&staging, &dest).map_err(io_err(ctid, "rename into place", &dest))?;
-        Ok(taken)
-    });
+    let conf = layout.conf(ctid);
+    let made = std::fs::copy(&conf, staging.join(CONF))
+        .map_err(io_err(ctid, "copy", &conf))
+        .and_then(|_| take(layout, ctid, running, &staging))
+        .and_then(|taken| {
+            let meta = SnapshotMeta {
+                name: name.to_string(),
+                parent: parent.clone(),
+                created_unix: SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs()),
+                memory: taken.memory.is_some(),
+                frozen_ms: taken.frozen_ms,
+            };
+            write_meta(ctid, &staging, &meta)?;
+            std::fs::rename(&staging, &dest).map_err(io_err(ctid, "rename into place", &dest))?;
+            Ok(taken)
+        });
     let taken = match made {
         Ok(t) => t,
         Err(e) => {
@@ -722,7 +724,17 @@ pub fn rollback(layout: &Layout, ctid: u32, name: &str) -> Result<RollbackStats>
         tracing::warn!(ctid, %e, "cannot delete the discarded private area yet");
     }
     let restore = if meta.memory {
-        Some(ops::restore(layout, ctid, Some(&snap.join(MEMORY)))?)
+        let r = ops::restore(layout, ctid, Some(&snap.join(MEMORY))).map_err(|e| {
+            failed(
+                ctid,
+                format!(
+                    "files and config are back as at snapshot {name:?}, but restoring its \
+                     memory failed, so the VE is stopped: {}",
+                    chain(&e)
+                ),
+            )
+        })?;
+        Some(r)
     } else {
         None
     };
