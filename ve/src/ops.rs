@@ -1,5 +1,5 @@
-//! The `vzctl` verbs other than `start` and the snapshot verbs (`snapshot`): status, create,
-//! destroy, stop, exec/enter, suspend, resume, set, chkpnt and restore.
+//! The `vzctl` verbs other than `start` (`start.rs`) and the snapshot verbs (`snapshot.rs`):
+//! status, create, destroy, stop, exec/enter, suspend, resume, set, chkpnt and restore.
 
 use std::fmt;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -54,7 +54,7 @@ pub fn cgroup_dir(layout: &Layout, ctid: u32) -> Result<PathBuf> {
     Ok(cgroups(layout, ctid)?.v2()?.to_path_buf())
 }
 
-pub(crate) fn cgroups(layout: &Layout, ctid: u32) -> Result<VeCgroups> {
+fn cgroups(layout: &Layout, ctid: u32) -> Result<VeCgroups> {
     VeCgroups::of(ctid, &layout.cgroup_path(ctid))
 }
 
@@ -82,7 +82,7 @@ pub fn status(layout: &Layout, ctid: u32) -> Result<Status> {
     })
 }
 
-pub(crate) fn expect(layout: &Layout, ctid: u32, ok: &[Status], what: &str) -> Result<Status> {
+fn expect(layout: &Layout, ctid: u32, ok: &[Status], what: &str) -> Result<Status> {
     let s = status(layout, ctid)?;
     if s == Status::Absent {
         return Err(VeError::NoSuchVe { ctid });
