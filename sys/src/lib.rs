@@ -6,6 +6,7 @@
 //! checked at run time or hold by construction.
 #![deny(unsafe_code)]
 
+pub mod btrfs;
 pub mod clone;
 pub mod events;
 pub mod fault;

@@ -4,8 +4,10 @@
 //!
 //! ```text
 //! $VZ_DIR/conf/CTID.conf        config (TOML)
+//! $VZ_DIR/private/CTID          the private area (a btrfs subvolume when on btrfs)
 //! $VZ_DIR/private/CTID/upper    the VE's own files: the overlay's writable layer
 //! $VZ_DIR/private/CTID/work     the overlay's work directory
+//! $VZ_DIR/private/snapshots/CTID/NAME  a snapshot (on the private area's file system)
 //! $VZ_DIR/root/CTID             where the VE's root is mounted while it runs
 //! $VZ_DIR/dump/CTID             the default checkpoint image
 //! ```
@@ -48,6 +50,14 @@ impl Layout {
     }
     pub fn work(&self, ctid: u32) -> PathBuf {
         self.private(ctid).join("work")
+    }
+    /// The VE's snapshots (see `snapshot`): beside the private areas, because a btrfs
+    /// snapshot lives on the file system of its subvolume.
+    pub fn snapshots(&self, ctid: u32) -> PathBuf {
+        self.vz_dir
+            .join("private")
+            .join("snapshots")
+            .join(ctid.to_string())
     }
     pub fn root(&self, ctid: u32) -> PathBuf {
         self.vz_dir.join("root").join(ctid.to_string())

@@ -12,6 +12,7 @@ pub mod fs;
 pub mod layout;
 pub mod net;
 pub mod ops;
+pub mod snapshot;
 pub mod start;
 
 use std::path::PathBuf;

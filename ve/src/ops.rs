@@ -1,5 +1,5 @@
-//! The `vzctl` verbs other than `start`: status, create, destroy, stop, exec/enter, suspend,
-//! resume, set, chkpnt and restore.
+//! The `vzctl` verbs other than `start` (`start.rs`) and the snapshot verbs (`snapshot.rs`):
+//! status, create, destroy, stop, exec/enter, suspend, resume, set, chkpnt and restore.
 
 use std::fmt;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -64,6 +64,9 @@ pub fn status(layout: &Layout, ctid: u32) -> Result<Status> {
         return Ok(Status::Absent);
     }
     let cg = cgroups(layout, ctid)?;
+    // First: a snapshot interrupted after its image was complete must not look like a
+    // checkpoint that was killing the VE (its staging image goes, so the VE goes on).
+    crate::snapshot::recover_interrupted(layout, ctid);
     recover_interrupted_dump(layout, ctid, &cg);
     if !cg.procs().is_empty() {
         return Ok(if cg.frozen() {
@@ -137,6 +140,8 @@ pub fn create(layout: &Layout, ctid: u32, cfg: &VeConfig) -> Result<()> {
             });
         }
     }
+    // On btrfs the private area is a subvolume, which snapshots need.
+    crate::snapshot::create_private_area(layout, ctid)?;
     for d in [layout.upper(ctid), layout.work(ctid), layout.root(ctid)] {
         std::fs::create_dir_all(&d).map_err(io_err(ctid, "create", &d))?;
     }
@@ -154,6 +159,8 @@ pub fn destroy(layout: &Layout, ctid: u32) -> Result<()> {
     if let Ok(cfg) = load_config(layout, ctid) {
         net::teardown(ctid, &cfg);
     }
+    // Snapshots are read-only subvolumes: only the btrfs ioctl removes them.
+    crate::snapshot::destroy_all(layout, ctid)?;
     for d in [layout.dump(ctid), layout.private(ctid), layout.root(ctid)] {
         if d.exists() {
             std::fs::remove_dir_all(&d).map_err(io_err(ctid, "remove", &d))?;
@@ -183,6 +190,17 @@ pub fn stop(layout: &Layout, ctid: u32, timeout: Duration) -> Result<()> {
             std::thread::sleep(Duration::from_millis(10));
         }
     }
+    cleanup_stopped(layout, ctid, &cg)?;
+    if let Ok(cfg) = load_config(layout, ctid) {
+        net::teardown(ctid, &cfg);
+    }
+    Ok(())
+}
+
+/// Kills a running or suspended VE at once (no SIGTERM: nothing of it may run any more, as
+/// for a rollback), and removes its cgroups, mounts and network.
+pub(crate) fn kill_now(layout: &Layout, ctid: u32) -> Result<()> {
+    let cg = cgroups(layout, ctid)?;
     cleanup_stopped(layout, ctid, &cg)?;
     if let Ok(cfg) = load_config(layout, ctid) {
         net::teardown(ctid, &cfg);
@@ -432,17 +450,17 @@ pub fn chkpnt(
 }
 
 /// A VE dumped into a complete image, its tree still stopped, its network locked.
-struct Dumped {
-    stats: cpt::DumpStats,
-    frozen: cpt::seize::Frozen,
-    cg: VeCgroups,
-    cfg: VeConfig,
+pub(crate) struct Dumped {
+    pub(crate) stats: cpt::DumpStats,
+    pub(crate) frozen: cpt::seize::Frozen,
+    pub(crate) cg: VeCgroups,
+    pub(crate) cfg: VeConfig,
 }
 
 /// What every checkpoint of a running VE does first: checks, locks its network (peers see
 /// nothing: their packets are dropped, never refused) and dumps it into `dir`, keeping its
 /// tree stopped. A failure unlocks the network and leaves the VE running.
-fn dump_locked(
+pub(crate) fn dump_locked(
     layout: &Layout,
     ctid: u32,
     dir: &Path,

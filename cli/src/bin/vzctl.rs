@@ -7,7 +7,7 @@ use cli::commands::vzctl::{run, VzctlCommand};
 #[command(
     name = "vzctl",
     version,
-    about = "Manage VEs (containers): lifecycle, checkpoint and restore"
+    about = "Manage VEs (containers): lifecycle, checkpoint and restore, snapshots"
 )]
 struct Cli {
     #[command(subcommand)]

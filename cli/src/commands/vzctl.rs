@@ -35,6 +35,16 @@ pub enum VzctlCommand {
     Restore(RestoreVeArgs),
     /// Change limits (and names): applied to a running VE, and with --save to its config.
     Set(SetArgs),
+    /// Snapshot the VE: memory (if it runs) and files of one instant; it keeps running.
+    /// Needs its private area on btrfs.
+    Snapshot(SnapshotArgs),
+    /// Print the VE's snapshots as a tree (* marks the one its current state descends from).
+    SnapshotList(SnapshotListArgs),
+    /// Bring the VE back to a snapshot: files, config and, if the snapshot has memory,
+    /// running processes; its current state is discarded. Without memory it stays stopped.
+    Rollback(SnapshotNameArgs),
+    /// Delete a snapshot; its children get its parent.
+    SnapshotDelete(SnapshotNameArgs),
 }
 
 #[derive(Args, Debug)]
@@ -155,6 +165,10 @@ fn limit<T>(
 pub fn run(cmd: &VzctlCommand) -> anyhow::Result<i32> {
     let layout = Layout::from_env();
     match cmd {
+        VzctlCommand::Snapshot(_)
+        | VzctlCommand::SnapshotList(_)
+        | VzctlCommand::Rollback(_)
+        | VzctlCommand::SnapshotDelete(_) => run_snapshot(&layout, cmd)?,
         VzctlCommand::Create(a) => {
             let cfg = VeConfig {
                 hostname: a.hostname.clone(),
@@ -306,4 +320,94 @@ pub fn run(cmd: &VzctlCommand) -> anyhow::Result<i32> {
         }
     }
     Ok(0)
+}
+
+#[derive(Args, Debug)]
+pub struct SnapshotArgs {
+    pub ctid: u32,
+    /// The snapshot's name: letters, digits, '.', '_', '-'.
+    #[arg(long)]
+    pub name: String,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct SnapshotListArgs {
+    pub ctid: u32,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct SnapshotNameArgs {
+    pub ctid: u32,
+    /// The snapshot's name.
+    pub name: String,
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The snapshot verbs.
+fn run_snapshot(layout: &Layout, cmd: &VzctlCommand) -> anyhow::Result<()> {
+    match cmd {
+        VzctlCommand::Snapshot(a) => {
+            let s = ve::snapshot::snapshot(layout, a.ctid, &a.name)?;
+            if a.json {
+                super::print_json(&s)?;
+            } else if s.memory {
+                eprintln!(
+                    "VE {} snapshot {} taken: memory and files, frozen {:.1} ms, total {:.1} ms",
+                    a.ctid, s.name, s.frozen_ms, s.total_ms
+                );
+            } else {
+                eprintln!(
+                    "VE {} snapshot {} taken: files only (the VE is not running), total {:.1} ms",
+                    a.ctid, s.name, s.total_ms
+                );
+            }
+        }
+        VzctlCommand::SnapshotList(a) => {
+            let l = ve::snapshot::list(layout, a.ctid)?;
+            if a.json {
+                super::print_json(&l)?;
+            } else {
+                if l.snapshots.is_empty() {
+                    eprintln!("VE {} has no snapshots", a.ctid);
+                }
+                for s in &l.snapshots {
+                    let mark = if s.current { '*' } else { ' ' };
+                    let what = if s.memory { "memory+files" } else { "files" };
+                    let name = format!("{}{}", "  ".repeat(s.depth), s.name);
+                    println!("{mark} {name:<32} {}  {what}", s.created);
+                }
+            }
+        }
+        VzctlCommand::Rollback(a) => {
+            let r = ve::snapshot::rollback(layout, a.ctid, &a.name)?;
+            if a.json {
+                super::print_json(&r)?;
+            } else if r.running {
+                eprintln!(
+                    "VE {} rolled back to {}: running as at the snapshot, total {:.1} ms",
+                    a.ctid, r.name, r.total_ms
+                );
+            } else {
+                eprintln!(
+                    "VE {} rolled back to {}: files only (stopped, as at the snapshot)",
+                    a.ctid, r.name
+                );
+            }
+        }
+        VzctlCommand::SnapshotDelete(a) => {
+            ve::snapshot::delete(layout, a.ctid, &a.name)?;
+            if a.json {
+                super::print_json(&serde_json::json!({ "ctid": a.ctid, "deleted": a.name }))?;
+            } else {
+                eprintln!("VE {} snapshot {} deleted", a.ctid, a.name);
+            }
+        }
+        _ => {}
+    }
+    Ok(())
 }
