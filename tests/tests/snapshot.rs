@@ -293,10 +293,10 @@ fn main() {
     let args = libtest_mimic::Arguments::from_args();
     let skip = skip_reason();
     let trials = [
-        ("rollback", ROLLBACK),
-        ("tree", TREE),
-        ("refusals", REFUSALS),
-        ("network", NETWORK),
+        ("snapshot_rollback_brings_back_memory_and_files", ROLLBACK),
+        ("snapshot_tree_delete_and_rollback_to_any", TREE),
+        ("snapshot_refusals_failures_and_kills", REFUSALS),
+        ("snapshot_rollback_of_a_networked_ve", NETWORK),
     ]
     .into_iter()
     .map(|(name, body)| {
