@@ -316,15 +316,19 @@ pub fn run(cmd: &VzctlCommand) -> anyhow::Result<i32> {
 
 #[derive(Subcommand, Debug)]
 pub enum BackupCommand {
-    /// Write a backup of the VE (config, private area, checkpoint image) as one stream:
-    /// zstd-compressed, encrypted and authenticated with --encrypt-key. A running VE is
-    /// checkpointed with --leave-running and goes on; its files are copied while it runs.
+    /// Back up the VE (config, private area, checkpoint image) as one stream.
+    ///
+    /// zstd-compressed; encrypted and authenticated with --encrypt-key. A running VE is
+    /// checkpointed with --leave-running and goes on; its files are copied while it runs (not
+    /// at the instant of its memory image). A suspended VE is refused.
     Backup(BackupArgs),
-    /// Create VE CTID (which must not exist) from a backup; nothing is created unless the
-    /// whole backup verifies. With an image it is left dumped (`vzctl restore CTID`), else
-    /// stopped (`vzctl start CTID`). Its config comes back as it was, IP addresses included.
+    /// Create VE CTID (which must not exist) from a backup.
+    ///
+    /// Nothing is created unless the whole backup verifies. With an image it is left dumped
+    /// (`vzctl restore CTID`), else stopped (`vzctl start CTID`). Its config comes back as it
+    /// was, IP addresses included: change them first if the original runs on the same network.
     RestoreBackup(RestoreBackupArgs),
-    /// Write a new backup key: 32 random bytes, mode 0600 (an existing file is kept).
+    /// Write a new backup key: 32 random bytes, mode 0600 (an existing file is refused).
     BackupKeygen(KeygenArgs),
 }
 

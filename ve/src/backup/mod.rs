@@ -223,7 +223,7 @@ pub fn read_key(path: &Path) -> Result<KeyMaterial> {
     Ok(KeyMaterial(key))
 }
 
-/// `vzctl backup-keygen FILE`: 32 random bytes, mode 0600; an existing file is kept.
+/// `vzctl backup-keygen FILE`: 32 random bytes, mode 0600; an existing file is refused.
 pub fn keygen(path: &Path) -> Result<()> {
     use ring::rand::SecureRandom;
     use std::os::unix::fs::OpenOptionsExt;
