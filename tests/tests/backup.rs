@@ -99,7 +99,18 @@ log_contiguous 203 || fail "203's count did not go on from memory: $(tail -n3 $V
 [ "$(vz exec 203 cat /tmp/count)" -gt "$last" ] || fail "/tmp/count of 203"
 [ "$(vz exec 203 hostname)" = bk1 ] || fail "hostname of 203"
 vz exec 203 cat /proc/self/cgroup | grep -q "^0::/$VZ_CGROUP/203\$" || fail "203 is not in its own cgroup: $(vz exec 203 cat /proc/self/cgroup)"
-# The original comes back too, beside it.
+# On another "host" (its own $VZ_DIR and cgroup root), the original's files out of reach: the
+# image must refer to nothing of VE 201 or of this host's $VZ_DIR.
+mv "$VZ_DIR/private/201" "$WORK/away-201" || fail "move 201's private area away"
+b() { VZ_DIR="$WORK/b" VZ_CGROUP="$VZ_CGROUP/b" "$BIN/vzctl" "$@"; }
+b restore-backup 204 --from "$WORK/dumped.vzb" || fail "restore-backup on host B"
+b restore 204 || fail "restore 204 on host B"
+until_true 5 sh -c "[ \$(tail -n1 $WORK/b/private/204/upper/root/log) -gt $last ]" || fail "204 does not go on counting"
+awk 'NR != $1 { bad = 1 } END { exit bad }' "$WORK/b/private/204/upper/root/log" || fail "204's count did not go on from memory"
+b exec 204 cat /proc/self/cgroup | grep -q "^0::/$VZ_CGROUP/b/204\$" || fail "204 is not in host B's cgroup: $(b exec 204 cat /proc/self/cgroup)"
+b stop 204 || fail "stop 204"
+mv "$WORK/away-201" "$VZ_DIR/private/201" || fail "move 201's private area back"
+# The original comes back too, beside 203.
 vz restore 201 || fail "restore of the original"
 until_true 5 sh -c "[ \$(tail -n1 $upper/root/log) -gt $last ]" || fail "201 does not go on"
 log_contiguous 201 || fail "201's log"
