@@ -417,20 +417,7 @@ pub fn backup(
         }
     };
     // Checked before the checkpoint, so a bad target costs nothing.
-    let target = match dest {
-        Destination::Stdout => None,
-        Destination::File(p) => Some(p.clone()),
-        Destination::Dir { dir, .. } => Some(dir.join(free_name(dir, ctid, SystemTime::now())?)),
-    };
-    if let Some(p) = &target {
-        if p.exists() {
-            return Err(BackupError::Target {
-                path: p.clone(),
-                what: "write the backup to".into(),
-                source: io::Error::new(io::ErrorKind::AlreadyExists, "it exists; remove it first"),
-            });
-        }
-    }
+    let target = resolve(dest, ctid)?;
     let mut checkpoint_ms = 0.0;
     if live {
         let t = Instant::now();
@@ -445,27 +432,73 @@ pub fn backup(
         image,
         live,
     };
+    let mut stats = write_to(&src, dest, target, opts)?;
+    drop(tmp_image);
+    stats.status = status;
+    stats.checkpoint_ms = checkpoint_ms;
+    stats.total_ms = started.elapsed().as_secs_f64() * 1000.0;
+    stats.mb_per_s = stats.archive_bytes as f64 / 1e6 / (stats.total_ms / 1000.0).max(1e-6);
+    Ok(stats)
+}
+
+/// Backs up `src` (for example a snapshot: a read-only copy of the upper directory and the
+/// image taken at one frozen instant) to `dest`, pruning with `keep` as [`backup`] does.
+/// `status` of the figures is left as `Stopped`; the caller knows better.
+pub fn backup_source(
+    src: &Source,
+    dest: &Destination,
+    opts: &BackupOptions,
+) -> Result<BackupStats> {
+    let started = Instant::now();
+    let target = resolve(dest, src.ctid)?;
+    let mut stats = write_to(src, dest, target, opts)?;
+    stats.total_ms = started.elapsed().as_secs_f64() * 1000.0;
+    stats.mb_per_s = stats.archive_bytes as f64 / 1e6 / (stats.total_ms / 1000.0).max(1e-6);
+    Ok(stats)
+}
+
+/// The file a destination names (none for standard output); refused if it exists.
+fn resolve(dest: &Destination, ctid: u32) -> Result<Option<PathBuf>> {
+    let target = match dest {
+        Destination::Stdout => None,
+        Destination::File(p) => Some(p.clone()),
+        Destination::Dir { dir, .. } => Some(dir.join(free_name(dir, ctid, SystemTime::now())?)),
+    };
+    if let Some(p) = &target {
+        if p.exists() {
+            return Err(BackupError::Target {
+                path: p.clone(),
+                what: "write the backup to".into(),
+                source: io::Error::new(io::ErrorKind::AlreadyExists, "it exists; remove it first"),
+            });
+        }
+    }
+    Ok(target)
+}
+
+/// Writes the backup to `target` (from [`resolve`]), then prunes a directory destination.
+fn write_to(
+    src: &Source,
+    dest: &Destination,
+    target: Option<PathBuf>,
+    opts: &BackupOptions,
+) -> Result<BackupStats> {
     let mut stats = match &target {
         None => {
             let out = io::stdout().lock();
-            write_backup(&src, io::BufWriter::with_capacity(1 << 20, out), opts)
+            write_backup(src, io::BufWriter::with_capacity(1 << 20, out), opts)
                 .and_then(|(mut w, s)| w.flush().map(|()| s).map_err(from_io_write))?
         }
-        Some(path) => write_file(&src, path, opts)?,
+        Some(path) => write_file(src, path, opts)?,
     };
-    drop(tmp_image);
     stats.path = target;
-    stats.status = status;
-    stats.checkpoint_ms = checkpoint_ms;
     if let Destination::Dir {
         dir,
         keep: Some(keep),
     } = dest
     {
-        stats.pruned = prune(dir, ctid, *keep)?;
+        stats.pruned = prune(dir, src.ctid, *keep)?;
     }
-    stats.total_ms = started.elapsed().as_secs_f64() * 1000.0;
-    stats.mb_per_s = stats.archive_bytes as f64 / 1e6 / (stats.total_ms / 1000.0).max(1e-6);
     Ok(stats)
 }
 
