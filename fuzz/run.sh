@@ -15,7 +15,7 @@ shift || true
 ALL=(record_inventory record_pstree record_core record_mm record_pagemap record_files
      record_pipes record_ns record_ipc record_tmpfs record_timers record_parent_pages
      record_sent_pages pagestore proto_frame
-     proto_message)
+     proto_message backup_stream)
 if [ $# -gt 0 ]; then TARGETS=("$@"); else TARGETS=("${ALL[@]}"); fi
 export RUSTC_BOOTSTRAP=1
 # Most memory one input may take: a record's payload is read whole (up to its cap, 256 MiB,

@@ -87,6 +87,34 @@ sync
 echo OK
 "#;
 
+/// A backup of a running VE whose private area is on btrfs takes memory and files at one
+/// instant (a capture, outside the snapshot tree): restored under a new CTID, its log goes on
+/// from the count in its memory without a gap or a repeat. The capture leaves nothing behind.
+const BACKUP_OF_ONE_INSTANT: &str = r#"
+vz create 305 --command "$LOOP" || fail "create"
+vz start 305 || fail "start"
+until_true 5 sh -c "[ \$(tail -n1 $(log_of 305) 2>/dev/null || echo 0) -gt 20 ]" || fail "the loop does not run"
+out=$(vz backup 305 --to "$WORK/305.vzb" --json) || fail "backup: $out"
+echo "backup: $out"
+echo "$out" | json 'd["live"] is False and d["has_image"] is True' || fail "backup --json: $out"
+status_is 305 running || fail "the backup did not leave the VE running: $(vz status 305)"
+[ -z "$(ls -A "$VZ_DIR/private/snapshots/305" | grep '^\.tmp-')" ] || fail "the capture was left: $(ls -A "$VZ_DIR/private/snapshots/305")"
+out=$(vz snapshot-list 305 --json) || fail "snapshot-list"
+echo "$out" | json 'd["snapshots"] == [] and d["current"] is None' || fail "the capture joined the snapshot tree: $out"
+[ "$(subvolumes)" = 1 ] || fail "subvolumes left: $(btrfs subvolume list "$VZ_DIR/private")"
+vz restore-backup 306 --from "$WORK/305.vzb" || fail "restore-backup"
+status_is 306 dumped || fail "the copy: $(vz status 306)"
+[ "$(stat -c %i "$VZ_DIR/private/306")" = 256 ] || fail "the restored private area is not a subvolume"
+vz restore 306 || fail "restore the copy"
+first=$(last 306)
+until_true 5 sh -c "[ \$(tail -n1 $(log_of 306)) -gt $((first + 5)) ]" || fail "the copy does not go on"
+log_contiguous 306 || fail "the copy's log has a gap or a repeat (files and memory not of one instant): $(tail -n 20 "$(log_of 306)" | tr '\n' ' ')"
+vz stop 306 || fail "stop 306"
+vz stop 305 || fail "stop 305"
+vz snapshot 306 --name after-restore || fail "a snapshot of the restored VE"
+echo OK
+"#;
+
 /// A tree of snapshots: a -> b -> c taken while the VE runs; deleting b gives c the parent a
 /// and rolling back to c still brings its files and memory back; a rollback to a and a
 /// snapshot d make a branch; deleting a root leaves its children as roots. A rollback whose
@@ -297,6 +325,10 @@ fn main() {
         ("snapshot_tree_delete_and_rollback_to_any", TREE),
         ("snapshot_refusals_failures_and_kills", REFUSALS),
         ("snapshot_rollback_of_a_networked_ve", NETWORK),
+        (
+            "backup_of_a_running_ve_is_of_one_instant",
+            BACKUP_OF_ONE_INSTANT,
+        ),
     ]
     .into_iter()
     .map(|(name, body)| {

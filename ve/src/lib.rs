@@ -6,6 +6,7 @@
 //! Whether a VE runs is read from its cgroup, never from a file that could go stale.
 #![forbid(unsafe_code)]
 
+pub mod backup;
 pub mod cgroups;
 pub mod config;
 pub mod fs;

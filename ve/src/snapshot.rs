@@ -571,6 +571,68 @@ pub fn snapshot(layout: &Layout, ctid: u32, name: &str) -> Result<SnapshotStats>
     })
 }
 
+/// Memory and files of a running VE taken at one instant, like a snapshot but outside the
+/// VE's snapshot tree (no name, no parent, `.current` untouched): the consistent source of a
+/// backup of a running VE. It lives in the snapshot directory's staging (`.tmp-capture-PID`)
+/// and holds the VE's snapshot lock until dropped, which removes it; a capture left by a
+/// killed `vzctl` is removed by the next command, as any staging is.
+pub struct Capture {
+    ctid: u32,
+    dir: PathBuf,
+    /// How long the VE was stopped for it.
+    pub frozen_ms: f64,
+    _lock: Lock,
+}
+
+impl Capture {
+    /// The VE's files (its overlay's upper layer) at the instant.
+    pub fn upper(&self) -> PathBuf {
+        self.dir.join(FILES).join("upper")
+    }
+
+    /// The memory image of the instant.
+    pub fn image(&self) -> PathBuf {
+        self.dir.join(MEMORY)
+    }
+}
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        if let Err(e) = remove_tree(self.ctid, &self.dir) {
+            tracing::warn!(ctid = self.ctid, %e, "cannot remove a capture");
+        }
+    }
+}
+
+/// Whether the VE's private area is a btrfs subvolume, so [`capture`] and [`snapshot`] work;
+/// `Err` says why not.
+pub fn supported(layout: &Layout, ctid: u32) -> Result<()> {
+    check_btrfs(layout, ctid)
+}
+
+/// Takes a running VE's memory and files at one instant (see [`Capture`]); the VE goes on.
+pub fn capture(layout: &Layout, ctid: u32) -> Result<Capture> {
+    check_btrfs(layout, ctid)?;
+    let lock = lock(layout, ctid, true)?.ok_or_else(|| failed(ctid, "lock its snapshots"))?;
+    let dir = layout
+        .snapshots(ctid)
+        .join(format!("{STAGING}capture-{}", std::process::id()));
+    remove_tree(ctid, &dir)?;
+    std::fs::create_dir(&dir).map_err(io_err(ctid, "create", &dir))?;
+    match take(layout, ctid, true, &dir) {
+        Ok(taken) => Ok(Capture {
+            ctid,
+            dir,
+            frozen_ms: taken.frozen_ms,
+            _lock: lock,
+        }),
+        Err(e) => {
+            let _ = remove_tree(ctid, &dir);
+            Err(e)
+        }
+    }
+}
+
 /// Every snapshot of the VE, in tree order.
 pub fn list(layout: &Layout, ctid: u32) -> Result<SnapshotList> {
     if !layout.conf(ctid).exists() {

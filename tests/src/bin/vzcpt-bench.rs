@@ -9,7 +9,9 @@
 //! own cgroup; the benchmark runs in its own network namespace); offline and online migration
 //! of VEs of 256 MiB and 1 GiB written at 0, 10 and 100 MB/s between two network namespaces
 //! (`--migrate-only`: that part alone; `MIGRATE_SIZES`, `MIGRATE_RATES` and `MIGRATE_MODES`
-//! (`offline online online-1-stream`) choose the cases). Figures go to
+//! (`offline online online-1-stream`) choose the cases); `vzctl backup` and `restore-backup`
+//! throughput of a dumped VE with 256 MiB of files and a 64 MiB memory image, raw, zstd, AEAD
+//! and zstd + AEAD (`--backup-only`: that part alone). Figures go to
 //! docs/BENCHMARKS.md by hand, with this command. The workload is the `counter` test workload.
 //!
 //! It re-executes itself as PID 1 of a new PID namespace so restored PIDs are always free and
@@ -441,6 +443,115 @@ fn ve_bench(quick: bool) -> anyhow::Result<()> {
     r
 }
 
+/// `vzctl backup` of a dumped VE (128 MiB of random files, 128 MiB of log-like text, a
+/// 64 MiB memory image) into a file on tmpfs, and `restore-backup` of it under a new CTID, for
+/// each of raw, zstd (level 3), ChaCha20-Poly1305 alone, and zstd + ChaCha20-Poly1305. MB/s is
+/// archive bytes (files, image and records, before compression) / wall time of the command.
+fn backup_bench(quick: bool) -> anyhow::Result<()> {
+    let ve = BenchVe {
+        vzctl: tests::paths::cli_bin("vzctl")?,
+        vz_dir: PathBuf::from(IMG_ROOT).join("vz-backup"),
+        cgroup: format!("vzcpt-bench-bk-{}", std::process::id()),
+    };
+    tests::paths::cli_bin("vzinit")?;
+    let dir = PathBuf::from(IMG_ROOT).join("backups");
+    std::fs::create_dir_all(&dir)?;
+    let key = dir.join("key");
+    let _ = std::fs::remove_file(&key);
+    ve.vzctl(&["backup-keygen", &key.to_string_lossy()])?;
+    let mb = if quick { 32 } else { 128 };
+    // Random data: zstd gains nothing; text: it gains a lot. Then 64 MiB of memory held.
+    let fill = format!(
+        r#"import os, time
+os.makedirs('/root/data', exist_ok=True)
+for i in range({mb} // 8):
+    open('/root/data/random%d' % i, 'wb').write(os.urandom(8 << 20))
+with open('/root/data/log', 'w') as f:
+    i = 0
+    while f.tell() < ({mb} << 20):
+        f.write('2026-11-23T18:00:%02d host app[%d]: request %d served in %d ms\n' % (i % 60, i % 977, i, i % 313))
+        i += 1
+b = bytearray(os.urandom(1 << 20) * 64)
+open('/tmp/ready', 'w')
+time.sleep(10**6)
+"#
+    );
+    ve.vzctl(&["create", "110", "--command", "exec python3 /root/fill.py"])?;
+    let root = ve.vz_dir.join("private/110/upper/root");
+    std::fs::create_dir_all(&root)?;
+    std::fs::write(root.join("fill.py"), fill)?;
+    let r = (|| -> anyhow::Result<()> {
+        ve.vzctl(&["start", "110"])?;
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while ve
+            .vzctl(&["exec", "110", "test", "-e", "/tmp/ready"])
+            .is_err()
+        {
+            if Instant::now() > deadline {
+                bail!("VE 110 did not get ready");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        ve.vzctl(&["chkpnt", "110"])?;
+        println!("| backup of a dumped VE, {} MiB of files + 64 MiB image | written | backup | restore-backup |", 2 * mb);
+        println!("|---|---|---|---|");
+        let key = key.to_string_lossy().into_owned();
+        for (name, compress, keyed) in [
+            ("raw", "0", false),
+            ("zstd 3", "3", false),
+            ("ChaCha20-Poly1305", "0", true),
+            ("zstd 3 + ChaCha20-Poly1305", "3", true),
+        ] {
+            let file = dir.join(format!("110-{compress}-{keyed}.vzb"));
+            let file_s = file.to_string_lossy().into_owned();
+            let mut args = vec![
+                "backup",
+                "110",
+                "--to",
+                &file_s,
+                "--compress",
+                compress,
+                "--json",
+            ];
+            if keyed {
+                args.extend(["--encrypt-key", &key]);
+            }
+            let (out, wall) = ve.vzctl(&args)?;
+            let s: serde_json::Value = serde_json::from_str(out.trim())?;
+            let archive = s.get("archive_bytes").and_then(|x| x.as_u64()).unwrap_or(0) as f64;
+            let written = s.get("written_bytes").and_then(|x| x.as_u64()).unwrap_or(0) as f64;
+            let mut args = vec!["restore-backup", "111", "--from", &file_s];
+            if keyed {
+                args.extend(["--encrypt-key", &key]);
+            }
+            let (_, rwall) = ve.vzctl(&args)?;
+            println!(
+                "| {name} | {:.0} MiB ({:.0}%) | {wall:.0} ms, {:.0} MB/s | {rwall:.0} ms, {:.0} MB/s |",
+                written / (1 << 20) as f64,
+                100.0 * written / archive.max(1.0),
+                archive / 1e6 / (wall / 1000.0),
+                archive / 1e6 / (rwall / 1000.0),
+            );
+            ve.vzctl(&["destroy", "111"])?;
+            std::fs::remove_file(&file)?;
+        }
+        Ok(())
+    })();
+    for ctid in ["110", "111"] {
+        let _ = ve.vzctl(&["stop", ctid, "--timeout", "1"]);
+        let _ = ve.vzctl(&["destroy", ctid]);
+    }
+    for h in std::fs::read_dir("/sys/fs/cgroup")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let _ = std::fs::remove_dir(h.path().join(&ve.cgroup));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    r
+}
+
 /// The migration benchmark's script (run on the two-host topology of the migration tests):
 /// for each VE size and write rate, one offline and one online migration from A to B; a row
 /// of figures each, into `$MIGRATE_TABLE`.
@@ -559,6 +670,11 @@ fn main() -> anyhow::Result<()> {
     }
     let _ = std::fs::remove_dir_all(IMG_ROOT);
     std::fs::create_dir_all(IMG_ROOT)?;
+    if std::env::args().any(|a| a == "--backup-only") {
+        let r = backup_bench(quick);
+        let _ = std::fs::remove_dir_all(IMG_ROOT);
+        return r;
+    }
     if std::env::args().any(|a| a == "--migrate-only") {
         let r = migrate_bench(quick);
         let _ = std::fs::remove_dir_all(IMG_ROOT);
@@ -599,6 +715,8 @@ fn main() -> anyhow::Result<()> {
     b.tree(if quick { 20 } else { 100 })?;
     println!();
     ve_bench(quick)?;
+    println!();
+    backup_bench(quick)?;
     println!();
     migrate_bench(quick)?;
     let _ = std::fs::remove_dir_all(IMG_ROOT);
