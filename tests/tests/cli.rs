@@ -28,7 +28,8 @@ others() { pgrep -x 'sleep|python3' | while read -r p; do echo "$p $(cat /proc/$
 const DUMP_UNSUPPORTED: &str = r#"
 python3 -c 'import socket, time; s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW); time.sleep(1000)' &
 P=$!
-sleep 0.5
+# Python may take a while to start on a loaded machine: wait for its socket.
+until ls -l /proc/$P/fd 2>/dev/null | grep -q 'socket:'; do kill -0 $P 2>/dev/null || fail "the socket holder died"; sleep 0.05; done
 blk=$(field $P SigBlk)
 out=$("$VZCPT" dump -t $P -D "$WORK/img" 2>&1) && fail "dump of a process with a socket succeeded"
 echo "$out" | grep -q "socket" || fail "the error does not name the socket: $out"
@@ -57,7 +58,7 @@ os.close(r)
 print(r, ep.fileno(), flush=True)
 time.sleep(1000)' > "$WORK/fds" &
 P=$!
-sleep 0.5
+until [ -s "$WORK/fds" ]; do kill -0 $P 2>/dev/null || fail "the epoll holder died"; sleep 0.05; done
 read -r T E < "$WORK/fds"
 out=$("$VZCPT" dump -t $P -D "$WORK/img" 2>&1) && fail "dump of an epoll with a closed target succeeded"
 echo "$out" | grep -q "descriptor $T registered in this epoll" || fail "the error does not name descriptor $T: $out"
@@ -77,7 +78,8 @@ mkdir "$CG" || fail "mkdir $CG"
 trap 'echo 1 > "$CG/cgroup.kill" 2>/dev/null; sleep 0.2; rmdir "$CG" 2>/dev/null' EXIT
 sh -c 'echo $$ > "$0/cgroup.procs" && exec python3 -c "import socket, time; s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW); time.sleep(1000)"' "$CG" &
 P=$!
-sleep 0.5
+# Python may take a while to start on a loaded machine: wait for its socket.
+until ls -l /proc/$P/fd 2>/dev/null | grep -q 'socket:'; do kill -0 $P 2>/dev/null || fail "the socket holder died"; sleep 0.05; done
 out=$("$VZCPT" dump --cgroup "$CG" -D "$WORK/img" 2>&1) && fail "dump of a cgroup with a socket succeeded"
 echo "$out" | grep -q "socket" || fail "the error does not name the socket: $out"
 [ -e "$WORK/img" ] && fail "a partial image was left"
@@ -146,7 +148,8 @@ mkdir "$CG" || fail "mkdir $CG"
 trap 'for p in $(cat "$CG/cgroup.procs" 2>/dev/null); do kill -9 $p; done; sleep 0.2; rmdir "$CG" 2>/dev/null' EXIT
 sh -c 'echo $$ > "$0/cgroup.procs" && exec python3 -c "import socket, time; s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW); time.sleep(1000)"' "$CG" &
 P=$!
-sleep 0.5
+# Python may take a while to start on a loaded machine: wait for its socket.
+until ls -l /proc/$P/fd 2>/dev/null | grep -q 'socket:'; do kill -0 $P 2>/dev/null || fail "the socket holder died"; sleep 0.05; done
 out=$("$VZCPT" dump --cgroup "$CG" -D "$WORK/img" 2>&1) && fail "dump of a cgroup with a socket succeeded"
 echo "$out" | grep -q "socket" || fail "the error does not name the socket: $out"
 [ -e "$WORK/img" ] && fail "a partial image was left"
@@ -183,9 +186,9 @@ echo OK
 const DUMP_TO_FULL_FS: &str = r#"
 mkdir "$WORK/small"
 mount -t tmpfs -o size=2m tmpfs "$WORK/small" || fail "mount a small tmpfs"
-python3 -c 'import time; b = bytearray(b"x" * (16 << 20)); time.sleep(1000)' &
+python3 -c 'import sys, time; b = bytearray(b"x" * (16 << 20)); open(sys.argv[1], "w"); time.sleep(1000)' "$WORK/ready" &
 P=$!
-sleep 0.5
+until [ -e "$WORK/ready" ]; do kill -0 $P 2>/dev/null || fail "the memory holder died"; sleep 0.05; done
 out=$("$VZCPT" dump -t $P -D "$WORK/small/img" 2>&1) && fail "a dump into a full file system succeeded"
 echo "$out" | grep -qi "no space" || fail "the error does not say the disk is full: $out"
 [ -z "$(ls -A $WORK/small)" ] || fail "a partial image was left: $(ls -A $WORK/small)"
