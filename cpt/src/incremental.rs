@@ -93,6 +93,10 @@ pub struct Incremental {
     opts: IncrementalOptions,
     parent: Option<Parent>,
     old_keeper: Option<Keeper>,
+    /// Keepers named by older images of the chain and still alive (a dumper killed before
+    /// it ended its parent's keeper leaves one): ended with the parent's, else their
+    /// descriptors would keep the areas registered and block the new ones.
+    older_keepers: Vec<Keeper>,
     /// The parent keeper's descriptors, by (host PID, start time).
     old: HashMap<(i32, u64), OwnedFd>,
     /// This dump's new descriptors, by host PID, with the start time.
@@ -185,6 +189,7 @@ impl Incremental {
             opts: opts.clone(),
             parent: None,
             old_keeper: None,
+            older_keepers: Vec::new(),
             old: HashMap::new(),
             new: HashMap::new(),
             new_keeper: None,
@@ -253,6 +258,16 @@ impl Incremental {
                     inc.old_keeper = Some(k);
                 }
             },
+        }
+        for img in chain.images.iter().skip(1) {
+            if !img.dir.has(ImageKind::TrackState) {
+                continue;
+            }
+            if let Ok(t) = img.dir.read::<TrackStateImage>() {
+                if let Some(k) = open_keeper(t.keeper_pid, t.keeper_start_time) {
+                    inc.older_keepers.push(k);
+                }
+            }
         }
         inc.parent = Some(Parent {
             chain,
@@ -483,11 +498,12 @@ impl Incremental {
         if !self.opts.track_mem {
             return;
         }
-        if let Some(k) = self.old_keeper.take() {
+        let older = std::mem::take(&mut self.older_keepers);
+        for k in self.old_keeper.take().into_iter().chain(older) {
             if !end_keeper(&k) {
                 warn!(
                     keeper = k.pid,
-                    "the parent's keeper did not end: tracking not re-armed, the next \
+                    "an older tracking keeper did not end: tracking not re-armed, the next \
                      increment compares every page"
                 );
                 return;

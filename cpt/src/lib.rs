@@ -437,6 +437,9 @@ fn dump_held_with(
         return Err(DumpError::Tree(sys::fault::message("dump.before-commit")));
     }
     writer.commit()?;
+    if sys::fault::hit("dump.before-rearm") {
+        return Err(DumpError::Tree(sys::fault::message("dump.before-rearm")));
+    }
     if let Some(inc) = inc.as_mut() {
         // The tree is still frozen: protection relative to this very image.
         inc.after_commit();
