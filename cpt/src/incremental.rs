@@ -411,6 +411,10 @@ impl Incremental {
                 areas,
             });
         }
+        if chosen.is_empty() {
+            warn!("no process could be tracked: no keeper, the next increment compares every page");
+            return Ok(None);
+        }
         let exe = match &self.opts.keeper_exe {
             Some(e) => e.clone(),
             None => std::env::current_exe().map_err(|e| DumpError::Io {

@@ -451,6 +451,169 @@ pub fn merge(top: &Path, out: &Path, compress: Option<i32>) -> Result<MergeStats
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::mm::ParentRun;
+    use crate::Inventory;
+
+    const OWNER: PageOwner = PageOwner::Process(7);
+
+    fn page(tag: u8) -> Vec<u8> {
+        vec![tag; PAGE_SIZE]
+    }
+
+    /// An image at `dir` holding `pages` (address, fill byte) of process 7, referring to
+    /// `runs` of `parent`, made at `time`.
+    fn image(
+        dir: &Path,
+        root: i32,
+        time: u64,
+        parent: Option<&str>,
+        pages: &[(u64, u8)],
+        runs: &[(u64, u32)],
+    ) {
+        let mut w = ImageWriter::create(dir).unwrap();
+        let mut store = w.page_store(None).unwrap();
+        let mut entries = Vec::new();
+        for &(addr, tag) in pages {
+            let loc = store.append(&page(tag)).unwrap();
+            entries.push(PagemapEntry {
+                owner: OWNER,
+                addr,
+                nr_pages: 1,
+                loc,
+            });
+        }
+        let index = store.finish().unwrap();
+        w.write(&PagemapImage {
+            store: index,
+            entries,
+        })
+        .unwrap();
+        if !runs.is_empty() {
+            w.write(&ParentPagesImage {
+                parent: parent.unwrap_or(STAGED).to_string(),
+                runs: runs
+                    .iter()
+                    .map(|&(addr, nr_pages)| ParentRun {
+                        owner: OWNER,
+                        addr,
+                        nr_pages,
+                    })
+                    .collect(),
+            })
+            .unwrap();
+        }
+        w.write(&Inventory {
+            format_major: crate::FORMAT_MAJOR,
+            format_minor: crate::FORMAT_MINOR,
+            engine_version: "test".into(),
+            kernel: "test".into(),
+            arch: "x86_64".into(),
+            xsave_features: 0,
+            created_unix_ms: time,
+            parent: parent.map(str::to_string),
+            root_pid: root,
+            compressed: false,
+        })
+        .unwrap();
+        w.commit().unwrap();
+    }
+
+    /// The fill byte of page `addr` through the chain.
+    fn tag_at(chain: &Chain, store: &ChainStore, addr: u64) -> Option<u8> {
+        let loc = chain.find(OWNER, addr)?;
+        let mut buf = PageBuf::new(CHUNK_SIZE).unwrap();
+        store.chunk_into(loc.chunk, &mut buf).unwrap();
+        Some(buf[loc.offset as usize])
+    }
+
+    #[test]
+    fn chain_resolves_merges_and_refuses() {
+        let t = tempfile::tempdir().unwrap();
+        let d = |n: &str| t.path().join(n);
+        const A: u64 = 0x10000;
+        // img.0: pages 0-3; img.1: page 1 anew, 0 and 2-3 from img.0; img.2: page 2 anew,
+        // 0-1 and 3 from img.1 (so 0 and 3 from img.0, 1 from img.1).
+        image(
+            &d("img.0"),
+            1,
+            10,
+            None,
+            &[(A, 1), (A + PAGE, 2), (A + 2 * PAGE, 3), (A + 3 * PAGE, 4)],
+            &[],
+        );
+        image(
+            &d("img.1"),
+            1,
+            20,
+            Some("../img.0"),
+            &[(A + PAGE, 12)],
+            &[(A, 1), (A + 2 * PAGE, 2)],
+        );
+        image(
+            &d("img.2"),
+            1,
+            30,
+            Some("../img.1"),
+            &[(A + 2 * PAGE, 23)],
+            &[(A, 2), (A + 3 * PAGE, 1)],
+        );
+        let chain = Chain::open(&d("img.2")).unwrap();
+        assert_eq!(chain.images.len(), 3);
+        let store = chain.store().unwrap();
+        store.verify_all().unwrap();
+        let tags: Vec<_> = (0..5)
+            .map(|i| tag_at(&chain, &store, A + i * PAGE))
+            .collect();
+        assert_eq!(tags, vec![Some(1), Some(12), Some(23), Some(4), None]);
+        // The merged image holds the same pages, alone.
+        let stats = merge(&d("img.2"), &d("merged"), None).unwrap();
+        assert_eq!((stats.images, stats.pages), (3, 4));
+        let merged = Chain::open(&d("merged")).unwrap();
+        assert_eq!(merged.images.len(), 1);
+        assert!(merged.top().inventory().parent.is_none());
+        let mstore = merged.store().unwrap();
+        let mtags: Vec<_> = (0..5)
+            .map(|i| tag_at(&merged, &mstore, A + i * PAGE))
+            .collect();
+        assert_eq!(mtags, tags);
+
+        let refused = |top: &str, want: &str| {
+            let e = Chain::open(&d(top))
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(e.contains(want), "{top}: {e:?} does not say {want:?}");
+        };
+        // A run its parent does not hold.
+        image(
+            &d("hole"),
+            1,
+            40,
+            Some("../img.0"),
+            &[],
+            &[(A + 3 * PAGE, 2)],
+        );
+        refused("hole", "does not hold");
+        // Another tree, a younger parent, a migration's staged parent, a missing one, a cycle.
+        image(&d("other"), 2, 40, Some("../img.0"), &[], &[(A, 1)]);
+        refused("other", "another tree");
+        image(&d("young"), 1, 5, Some("../img.0"), &[], &[(A, 1)]);
+        refused("young", "after its child");
+        image(&d("staged"), 1, 40, None, &[], &[(A, 1)]);
+        refused("staged", "staged");
+        image(&d("orphan"), 1, 40, Some("../gone"), &[], &[(A, 1)]);
+        refused("orphan", "gone");
+        image(&d("c1"), 1, 40, Some("../c2"), &[], &[]);
+        image(&d("c2"), 1, 40, Some("../c1"), &[], &[]);
+        refused("c1", "cycle");
+        // A damaged parent record.
+        let pm = d("img.0").join(ImageKind::Pagemap.file_name());
+        let mut bytes = std::fs::read(&pm).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0xff;
+        std::fs::write(&pm, bytes).unwrap();
+        refused("img.2", "img.0");
+    }
 
     #[test]
     fn relative_paths() {
