@@ -70,7 +70,8 @@ while True:
 PY
 start_writer() {
     rm -f "$WORK/ready"
-    (cd "$WORK" && exec python3 writer.py "$WORK" </dev/null >/dev/null 2>>"$WORK/writer.err") &
+    (cd "$WORK" && { [ -z "${CG:-}" ] || echo $BASHPID >"$CG/cgroup.procs"; } \
+        && exec python3 writer.py "$WORK" </dev/null >/dev/null 2>>"$WORK/writer.err") &
     W=$!
     for _ in $(seq 100); do [ -e "$WORK/ready" ] && break; sleep 0.1; done
     [ -e "$WORK/ready" ] || fail "the writer did not start: $(cat "$WORK/writer.err")"
@@ -229,13 +230,40 @@ done
 echo OK
 "#;
 
-fn run_script(name: &str, body: &str) -> Result<(), Failed> {
+/// The same through the cgroup v2 freezer (`--cgroup`): the tree is armed while it can
+/// still run remote syscalls, then frozen; three increments stay small and the last one
+/// restores to a consistent state.
+const CGROUP: &str = r#"
+CG="$CGROOT/vzcpt-incr-$$-$RANDOM"
+mkdir "$CG" || fail "mkdir $CG"
+trap 'echo 1 > "$CG/cgroup.kill" 2>/dev/null; sleep 0.3; rmdir "$CG" 2>/dev/null' EXIT
+start_writer
+cd "$WORK"
+"$VZCPT" dump --cgroup "$CG" -D img.0 --leave-running --track-mem --json >d.0.json 2>d.0.err \
+    || fail "dump 0: $(cat d.0.err)"
+for n in 1 2 3; do
+    sleep 0.3
+    "$VZCPT" dump --cgroup "$CG" -D img.$n --leave-running --track-mem --parent img.$((n-1)) \
+        --json >d.$n.json 2>d.$n.err || fail "dump $n: $(cat d.$n.err)"
+    [ "$(json d.$n.json pages_untracked)" = 0 ] || fail "increment $n: $(cat d.$n.json)"
+    [ $(( $(json d.$n.json pages_stored) * 2 )) -lt "$(json d.0.json pages_stored)" ] \
+        || fail "increment $n is not small: $(cat d.$n.json)"
+done
+grep -q "^frozen 0" "$CG/cgroup.events" || fail "the cgroup stays frozen"
+rm -f result; touch go
+wait $W || fail "the original writer failed: $(cat result)"
+check_result original >/dev/null
+restore_check img.3 >/dev/null
+echo OK
+"#;
+
+fn run_script(name: &str, body: &str, env: Vec<(&str, String)>) -> Result<(), Failed> {
     tests::script::Script {
         name,
         prefix: "incremental",
         body: format!("{PRELUDE}\n{body}"),
         unshare: &[],
-        env: Vec::new(),
+        env,
         timeout_s: 600,
     }
     .run()
@@ -250,20 +278,25 @@ fn main() {
     } else if Command::new("python3").arg("-V").output().is_err() {
         skip = Some("needs python3".to_string());
     }
-    let scripts: Vec<(&str, &str)> = vec![
-        ("chain_of_ten_restored_merged_verified", CHAIN),
-        ("killed_dumpers_never_lose_a_write", KILLED_DUMPERS),
+    let cg2 = std::path::PathBuf::from("/sys/fs/cgroup/unified");
+    let no_cg2 = (!cg2.join("cgroup.procs").exists())
+        .then(|| "no cgroup v2 hierarchy at /sys/fs/cgroup/unified".to_string());
+    let scripts: Vec<(&str, &str, Option<String>)> = vec![
+        ("chain_of_ten_restored_merged_verified", CHAIN, None),
+        ("killed_dumpers_never_lose_a_write", KILLED_DUMPERS, None),
+        ("cgroup_v2_increments", CGROUP, no_cg2),
     ];
     let trials = scripts
         .into_iter()
-        .map(|(name, body)| {
-            let reason = skip.clone();
+        .map(|(name, body, own_skip)| {
+            let reason = skip.clone().or(own_skip);
+            let env = vec![("CGROOT", cg2.display().to_string())];
             let ignored = reason.is_some();
             Trial::test(name, move || {
                 if let Some(r) = reason {
                     return Err(format!("skipped: {r}").into());
                 }
-                run_script(name, body)
+                run_script(name, body, env)
             })
             .with_ignored_flag(ignored)
         })
