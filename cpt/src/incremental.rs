@@ -277,10 +277,40 @@ impl Incremental {
         Ok(inc)
     }
 
+    /// Says (a warning) when the increment could not use written-page tracking for part of
+    /// the tree: those pages were compared with the parent's copy instead.
+    pub fn report(&self) {
+        if self.parent.is_none() || self.stats.pages_untracked == 0 {
+            return;
+        }
+        let why = if self.stats.parent_tracked {
+            "processes or areas new, restarted or mapped anew since the parent"
+        } else {
+            "the parent has no live tracking (dumped without --track-mem, or a later dump \
+             took over, or its keeper is gone)"
+        };
+        warn!(
+            pages = self.stats.pages_untracked,
+            processes_untracked = self.stats.processes_untracked,
+            "pages without written-page tracking since the parent ({why}): compared with the \
+             parent's copy, stored if they differ"
+        );
+    }
+
     /// Refuses a parent that is not an image of this tree. `root_pid`: this image's.
     pub fn check_root(&self, root_pid: i32) -> Result<(), DumpError> {
         if let Some(p) = &self.parent {
             let inv = p.chain.top().inventory();
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(u64::MAX);
+            if inv.created_unix_ms > now {
+                return Err(parent_err(
+                    p.chain.top().path(),
+                    "it was made after this dump began (clock set back?)",
+                ));
+            }
             if inv.root_pid != root_pid {
                 return Err(parent_err(
                     p.chain.top().path(),

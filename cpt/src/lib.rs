@@ -114,7 +114,8 @@ pub struct DumpStats {
     pub pages_stored: u64,
     pub zero_pages_skipped: u64,
     pub pages_bytes_stored: u64,
-    /// Pages left to the parent (`parent-pages` record) with `sent_pages`.
+    /// Pages left to the parent (`parent-pages` record): with `sent_pages`, or in an
+    /// incremental dump.
     pub pages_in_parent: u64,
     pub freeze_ms: f64,
     pub frozen_ms: f64,
@@ -367,6 +368,7 @@ fn dump_held_with(
             inc.stats.processes_tracked = tracked;
             inc.stats.processes_untracked = alive.len() - tracked;
         }
+        inc.report();
     }
 
     // 3. Write the records and put the image in place.

@@ -123,6 +123,7 @@ done
 "$VZCPT" dump -t $W -D img.fb --leave-running --parent img.3 --json >d.fb.json 2>d.fb.err \
     || fail "dump against an untracked parent: $(cat d.fb.err)"
 [ "$(json d.fb.json parent_tracked)" = False ] || fail "img.3's keeper was still trusted"
+grep -q "without written-page tracking" d.fb.err || fail "no log line tells: $(cat d.fb.err)"
 [ "$(json d.fb.json pages_untracked)" -gt 16000 ] || fail "untracked pages: $(cat d.fb.json)"
 [ "$(json d.fb.json pages_in_parent)" -gt 500 ] || fail "nothing equal to img.3: $(cat d.fb.json)"
 [ "$(json d.fb.json pages_in_parent)" = "$(json d.fb.json pages_same_as_parent)" ] \
