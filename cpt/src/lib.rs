@@ -9,6 +9,7 @@
 pub mod events;
 pub mod files;
 pub mod freeze;
+pub mod incremental;
 pub mod inet;
 pub mod ipc;
 pub mod journal;
@@ -66,6 +67,8 @@ pub enum DumpError {
         #[source]
         source: std::io::Error,
     },
+    #[error("parent image {path}: {reason}")]
+    Parent { path: PathBuf, reason: String },
     #[error("system call failed")]
     Sys(#[from] SysError),
     #[error("cannot write the image")]
@@ -111,11 +114,15 @@ pub struct DumpStats {
     pub pages_stored: u64,
     pub zero_pages_skipped: u64,
     pub pages_bytes_stored: u64,
-    /// Pages left to the parent (`parent-pages` record) with `sent_pages`.
+    /// Pages left to the parent (`parent-pages` record): with `sent_pages`, or in an
+    /// incremental dump.
     pub pages_in_parent: u64,
     pub freeze_ms: f64,
     pub frozen_ms: f64,
     pub total_ms: f64,
+    /// Figures of `--track-mem` / `--parent` (see [`dump_incremental`]).
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub incremental: Option<incremental::IncrementalStats>,
 }
 
 fn ms(since: Instant) -> f64 {
@@ -124,8 +131,16 @@ fn ms(since: Instant) -> f64 {
 
 /// Dumps the target into `opts.dir`, then kills, resumes or leaves it stopped.
 pub fn dump(opts: &DumpOptions) -> Result<DumpStats, DumpError> {
+    dump_incremental(opts, &incremental::IncrementalOptions::default())
+}
+
+/// [`dump`] with `--track-mem` and/or `--parent` (see [`incremental`]).
+pub fn dump_incremental(
+    opts: &DumpOptions,
+    inc: &incremental::IncrementalOptions,
+) -> Result<DumpStats, DumpError> {
     let t0 = Instant::now();
-    let (mut stats, frozen) = dump_held(opts)?;
+    let (mut stats, frozen) = dump_held_with(opts, inc)?;
     // Only a complete image lets the tree go (killed, resumed or left stopped).
     frozen.finish(opts.final_state)?;
     stats.total_ms = ms(t0);
@@ -137,7 +152,25 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats, DumpError> {
 /// destination commits or aborts); dropping it resumes the tree. `opts.final_state` is not
 /// applied; `total_ms` and `frozen_ms` count up to the complete image.
 pub fn dump_held(opts: &DumpOptions) -> Result<(DumpStats, seize::Frozen), DumpError> {
+    dump_held_with(opts, &incremental::IncrementalOptions::default())
+}
+
+fn dump_held_with(
+    opts: &DumpOptions,
+    inc_opts: &incremental::IncrementalOptions,
+) -> Result<(DumpStats, seize::Frozen), DumpError> {
     let t0 = Instant::now();
+    // The parent chain is read and its keeper's descriptors taken before the freeze.
+    let mut inc = if inc_opts.track_mem || inc_opts.parent.is_some() {
+        if opts.sent_pages.is_some() && inc_opts.parent.is_some() {
+            return Err(DumpError::Tree(
+                "a parent image and a migration's sent pages cannot be combined".into(),
+            ));
+        }
+        Some(incremental::Incremental::prepare(inc_opts, &opts.dir)?)
+    } else {
+        None
+    };
     // Begun before the seize: a dumper killed while the freezer holds the cgroup leaves one.
     let journal = match &opts.journal {
         Some(path) => Some(journal::Journal::begin(path, &opts.dir)?),
@@ -157,6 +190,9 @@ pub fn dump_held(opts: &DumpOptions) -> Result<(DumpStats, seize::Frozen), DumpE
     let mut remote = HashMap::new();
     for p in frozen.alive() {
         remote.insert(p.pid.as_raw(), task::dump_process(p)?);
+        if let Some(inc) = inc.as_mut() {
+            inc.arm(p.pid.as_raw());
+        }
     }
     if let Target::Cgroup(path) = &opts.target {
         frozen.freeze(path)?;
@@ -193,6 +229,9 @@ pub fn dump_held(opts: &DumpOptions) -> Result<(DumpStats, seize::Frozen), DumpE
         pid_ns_init: pid_map.ns_init,
         processes: Vec::new(),
     };
+    if let Some(inc) = &inc {
+        inc.check_root(pstree.root_pid)?;
+    }
     let mut core = CoreImage {
         processes: Vec::new(),
     };
@@ -211,6 +250,7 @@ pub fn dump_held(opts: &DumpOptions) -> Result<(DumpStats, seize::Frozen), DumpE
         let collected = (|| {
             let mut mem = memory::MemDumper::new(&sink);
             mem.sent_pages = opts.sent_pages.as_ref();
+            mem.incremental = inc.as_ref();
             // The VE's own IPC namespace: its objects once, and SysV attachments by id.
             let ipc = if namespaces.own.contains(&images_format::ns::NsKind::Ipc) {
                 let root = frozen.root().as_raw();
@@ -316,7 +356,20 @@ pub fn dump_held(opts: &DumpOptions) -> Result<(DumpStats, seize::Frozen), DumpE
     stats.pages_scanned = mem_stats.pages_scanned;
     stats.pages_in_parent = mem_stats.pages_in_parent;
     stats.pages_stored = stored.pages_stored;
-    stats.zero_pages_skipped = stored.zero_pages_skipped;
+    // Pages equal to the parent's were zeroed for the sink to leave them out.
+    stats.zero_pages_skipped = stored
+        .zero_pages_skipped
+        .saturating_sub(mem_stats.pages_same_as_parent);
+    if let Some(inc) = inc.as_mut() {
+        inc.stats.pages_untracked = mem_stats.pages_untracked;
+        inc.stats.pages_same_as_parent = mem_stats.pages_same_as_parent;
+        if inc.has_parent() {
+            let tracked = alive.iter().filter(|&&p| inc.is_tracked(p)).count();
+            inc.stats.processes_tracked = tracked;
+            inc.stats.processes_untracked = alive.len() - tracked;
+        }
+        inc.report();
+    }
 
     // 3. Write the records and put the image in place.
     writer.write(&Inventory {
@@ -332,7 +385,10 @@ pub fn dump_held(opts: &DumpOptions) -> Result<(DumpStats, seize::Frozen), DumpE
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0),
-        parent: None,
+        parent: inc
+            .as_ref()
+            .and_then(|i| i.parent_recorded())
+            .map(str::to_string),
         root_pid: pstree.root_pid,
         compressed: opts.compress.is_some(),
     })?;
@@ -362,14 +418,35 @@ pub fn dump_held(opts: &DumpOptions) -> Result<(DumpStats, seize::Frozen), DumpE
     }
     if !parent_runs.is_empty() {
         writer.write(&ParentPagesImage {
-            parent: "staged".into(),
+            parent: inc
+                .as_ref()
+                .and_then(|i| i.parent_recorded())
+                .unwrap_or(images_format::chain::STAGED)
+                .into(),
             runs: parent_runs,
         })?;
+    }
+    if let Some(inc) = inc.as_mut() {
+        let live: Vec<(i32, i32)> = frozen
+            .alive()
+            .map(|p| (p.pid.as_raw(), pid_map.virt(p.pid.as_raw())))
+            .collect();
+        if let Some(track) = inc.start_keeper(&live)? {
+            writer.write(&track)?;
+        }
     }
     if sys::fault::hit("dump.before-commit") {
         return Err(DumpError::Tree(sys::fault::message("dump.before-commit")));
     }
     writer.commit()?;
+    if sys::fault::hit("dump.before-rearm") {
+        return Err(DumpError::Tree(sys::fault::message("dump.before-rearm")));
+    }
+    if let Some(inc) = inc.as_mut() {
+        // The tree is still frozen: protection relative to this very image.
+        inc.after_commit();
+        stats.incremental = Some(inc.stats.clone());
+    }
 
     stats.frozen_ms = ms(t_frozen);
     stats.total_ms = ms(t0);

@@ -53,6 +53,10 @@ pub struct MemStats {
     pub pages_scanned: u64,
     /// Pages left to the parent (`parent_runs`) instead of being stored.
     pub pages_in_parent: u64,
+    /// Incremental dumps: present pages of areas without written-page tracking, and pages
+    /// read but found equal to the parent's copy (zeroed, so the sink counts them as zero).
+    pub pages_untracked: u64,
+    pub pages_same_as_parent: u64,
 }
 
 pub struct MemDumper<'a> {
@@ -73,6 +77,11 @@ pub struct MemDumper<'a> {
     pub sent_pages: Option<&'a SentPagesImage>,
     /// Runs of pages the parent holds, consecutive pages coalesced.
     pub parent_runs: Vec<ParentRun>,
+    /// An incremental dump (`--parent`): private anonymous pages not written since the
+    /// parent, or equal to its copy, go to `parent_runs` (see `crate::incremental`).
+    pub incremental: Option<&'a crate::incremental::Incremental>,
+    /// The parent chunk read last, for comparisons.
+    parent_cache: crate::incremental::ParentCache,
 }
 
 fn io(
@@ -130,6 +139,8 @@ impl<'a> MemDumper<'a> {
             sysv_ipc_ns: None,
             sent_pages: None,
             parent_runs: Vec::new(),
+            incremental: None,
+            parent_cache: Default::default(),
         }
     }
 
@@ -223,6 +234,9 @@ impl<'a> MemDumper<'a> {
                 | if m.write { libc::PROT_WRITE } else { 0 }
                 | if m.exec { libc::PROT_EXEC } else { 0 }) as u32;
             match &kind {
+                VmaKind::Anon if self.incremental.is_some_and(|i| i.has_parent()) => {
+                    self.dump_anon_incremental(pid, &pagemap, &mut mem, m)?
+                }
                 VmaKind::Anon => {
                     let held = self.held_by_parent(pid, &pagemap, m)?;
                     self.dump_pages(pid, &pagemap, &mut mem, m, false, held.as_deref())?
@@ -415,6 +429,123 @@ impl<'a> MemDumper<'a> {
         Ok(())
     }
 
+    /// A private anonymous area of an incremental dump (see `crate::incremental`): present
+    /// pages not written since the parent are the parent's; written ones (all, when that
+    /// is not known) are compared with the parent's copy and stored only if they differ.
+    fn dump_anon_incremental(
+        &mut self,
+        pid: i32,
+        pagemap: &File,
+        mem: &mut Option<File>,
+        m: &MapsLine,
+    ) -> Result<(), DumpError> {
+        let Some(inc) = self.incremental else {
+            return Ok(());
+        };
+        let unreadable = if m.read {
+            None
+        } else {
+            if mem.is_none() {
+                let path = format!("/proc/{pid}/mem");
+                *mem = Some(File::open(&path).map_err(io("open", &path))?);
+            }
+            mem.as_ref()
+        };
+        let nr = ((m.end - m.start) / PAGE) as usize;
+        let mut raw = vec![0u8; nr * 8];
+        pagemap
+            .read_exact_at(&mut raw, m.start / PAGE * 8)
+            .map_err(io("read", format!("/proc/{pid}/pagemap")))?;
+        self.stats.pages_scanned += nr as u64;
+        let entry =
+            |i: usize| u64::from_le_bytes(raw[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]));
+        let written = inc.written(pid, pagemap, m.start, m.end)?;
+        let mut candidate = vec![written.is_none(); nr];
+        if let Some(w) = &written {
+            for &(s, e) in w {
+                let from = ((s.max(m.start) - m.start) / PAGE) as usize;
+                let to = ((e.min(m.end).max(m.start) - m.start) / PAGE) as usize;
+                for c in candidate.iter_mut().take(to).skip(from) {
+                    *c = true;
+                }
+            }
+        }
+        let owner = PageOwner::Process(self.image_pid);
+        for (i, c) in candidate.iter_mut().enumerate() {
+            if !holds_data(entry(i)) {
+                *c = false;
+            } else if written.is_none() {
+                self.stats.pages_untracked += 1;
+            }
+        }
+        // In address order, so that parent runs coalesce.
+        let max_run = CHUNK_SIZE / PAGE_SIZE;
+        let mut i = 0;
+        while i < nr {
+            if !candidate[i] {
+                let addr = m.start + i as u64 * PAGE;
+                // Not written since the parent: the parent's page, or zero then and now.
+                if holds_data(entry(i)) && inc.parent_page(owner, addr).is_some() {
+                    self.hold(addr);
+                }
+                i += 1;
+                continue;
+            }
+            let mut j = i + 1;
+            while j < nr && j - i < max_run && candidate[j] {
+                j += 1;
+            }
+            self.read_run_against_parent(pid, unreadable, m.start + i as u64 * PAGE, j - i)?;
+            i = j;
+        }
+        Ok(())
+    }
+
+    /// [`Self::read_run`] for anonymous pages of an incremental dump: pages equal to the
+    /// parent's copy are recorded as parent runs and zeroed in the buffer, which the page
+    /// sink then leaves out like any zero page.
+    fn read_run_against_parent(
+        &mut self,
+        pid: i32,
+        mem: Option<&File>,
+        addr: u64,
+        n: usize,
+    ) -> Result<(), DumpError> {
+        let Some(inc) = self.incremental else {
+            return Ok(());
+        };
+        let len = n * PAGE_SIZE;
+        let mut owned = self.sink.buffer()?;
+        let t = std::time::Instant::now();
+        read_pages(pid, mem, addr, &mut owned[..len])?;
+        let t2 = std::time::Instant::now();
+        self.stats.read_ns += (t2 - t).as_nanos() as u64;
+        let owner = PageOwner::Process(self.image_pid);
+        let same = crate::incremental::same_as_parent(
+            inc,
+            &mut self.parent_cache,
+            owner,
+            addr,
+            &owned[..len],
+        )?;
+        for (k, &s) in same.iter().enumerate() {
+            if s {
+                owned[k * PAGE_SIZE..(k + 1) * PAGE_SIZE].fill(0);
+                self.stats.pages_same_as_parent += 1;
+                self.hold(addr + k as u64 * PAGE);
+            }
+        }
+        let r = self.sink.send(Job {
+            owner,
+            addr,
+            n,
+            drop_zero: true,
+            buf: owned,
+        });
+        self.stats.store_ns += t2.elapsed().as_nanos() as u64;
+        r
+    }
+
     /// Reads `n` pages at `addr` of `pid` and appends them (zero pages dropped when allowed).
     /// `mem` is `/proc/PID/mem`, given for an area without read permission.
     fn read_run(
@@ -428,36 +559,8 @@ impl<'a> MemDumper<'a> {
         let len = n * PAGE_SIZE;
         let mut owned = self.sink.buffer()?;
         let buf = &mut owned[..len];
-        let remote = [RemoteIoVec {
-            base: addr as usize,
-            len,
-        }];
         let t = std::time::Instant::now();
-        if let Some(mem) = mem {
-            mem.read_exact_at(buf, addr).map_err(|e| DumpError::Task {
-                pid,
-                what: format!("memory at {addr:#x} ({len} bytes, not readable)"),
-                reason: format!("read /proc/{pid}/mem: {e}"),
-            })?;
-        } else {
-            let got = process_vm_readv(
-                nix::unistd::Pid::from_raw(pid),
-                &mut [IoSliceMut::new(buf)],
-                &remote,
-            )
-            .map_err(|e| DumpError::Task {
-                pid,
-                what: format!("memory at {addr:#x} ({len} bytes)"),
-                reason: format!("process_vm_readv: {e}"),
-            })?;
-            if got != len {
-                return Err(DumpError::Task {
-                    pid,
-                    what: format!("memory at {addr:#x}"),
-                    reason: format!("process_vm_readv read {got} of {len} bytes"),
-                });
-            }
-        }
+        read_pages(pid, mem, addr, buf)?;
         let t2 = std::time::Instant::now();
         self.stats.read_ns += (t2 - t).as_nanos() as u64;
         let r = self.sink.send(Job {
@@ -526,6 +629,41 @@ impl<'a> MemDumper<'a> {
         }
         Ok(())
     }
+}
+
+/// Reads `buf.len()` bytes at `addr` of `pid`: with `process_vm_readv`, or from `mem`
+/// (`/proc/PID/mem`) for an area without read permission.
+fn read_pages(pid: i32, mem: Option<&File>, addr: u64, buf: &mut [u8]) -> Result<(), DumpError> {
+    let len = buf.len();
+    if let Some(mem) = mem {
+        return mem.read_exact_at(buf, addr).map_err(|e| DumpError::Task {
+            pid,
+            what: format!("memory at {addr:#x} ({len} bytes, not readable)"),
+            reason: format!("read /proc/{pid}/mem: {e}"),
+        });
+    }
+    let remote = [RemoteIoVec {
+        base: addr as usize,
+        len,
+    }];
+    let got = process_vm_readv(
+        nix::unistd::Pid::from_raw(pid),
+        &mut [IoSliceMut::new(buf)],
+        &remote,
+    )
+    .map_err(|e| DumpError::Task {
+        pid,
+        what: format!("memory at {addr:#x} ({len} bytes)"),
+        reason: format!("process_vm_readv: {e}"),
+    })?;
+    if got != len {
+        return Err(DumpError::Task {
+            pid,
+            what: format!("memory at {addr:#x}"),
+            reason: format!("process_vm_readv read {got} of {len} bytes"),
+        });
+    }
+    Ok(())
 }
 
 /// Per page of `area`: sent and not among the `written` ranges.

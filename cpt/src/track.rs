@@ -176,7 +176,7 @@ fn is_gone(e: &std::io::Error) -> bool {
 }
 
 /// `/proc/PID/stat` field 22 (start time in clock ticks).
-fn start_time(pid: i32) -> Option<u64> {
+pub(crate) fn start_time(pid: i32) -> Option<u64> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let rest = &text[text.rfind(')')? + 1..];
     rest.split_whitespace().nth(19)?.parse().ok()
@@ -196,7 +196,7 @@ fn ve_pid(pid: i32) -> Result<i32, DumpError> {
 }
 
 /// The areas a round tracks: private anonymous (heap, stack, anonymous mappings) and readable.
-fn trackable(m: &MapsLine) -> bool {
+pub(crate) fn trackable(m: &MapsLine) -> bool {
     !m.shared
         && m.read
         && (matches!(m.path.as_str(), "" | "[heap]" | "[stack]") || m.path.starts_with("[anon:"))
@@ -300,6 +300,13 @@ fn arm_process(pid: i32) -> Result<Tracked, DumpError> {
         areas: Vec::new(),
         refused: HashSet::new(),
     })
+}
+
+/// [`arm_process`] for `--track-mem` (`crate::incremental`): the process's userfaultfd with
+/// asynchronous write protection and its start time; registering is left to the caller.
+pub(crate) fn arm_for_keeper(pid: i32) -> Result<(OwnedFd, u64), DumpError> {
+    let t = arm_process(pid)?;
+    Ok((t.uffd, t.start_time))
 }
 
 /// What a process's areas look like now, or `None` if it is gone (or a zombie).

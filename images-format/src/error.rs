@@ -119,6 +119,11 @@ pub enum FormatError {
         reason: String,
     },
 
+    /// An incremental image whose chain of parents cannot be followed (missing, damaged,
+    /// too long, a cycle, another tree, pages the parent does not hold).
+    #[error("image {}: {reason}", .path.display())]
+    Chain { path: PathBuf, reason: String },
+
     /// A chunk index beyond the end of the page store index.
     #[error("page store {}: chunk {index} does not exist (the index has {count} chunks)", .file.display())]
     NoSuchChunk {

@@ -20,7 +20,8 @@ pub struct Inventory {
     pub xsave_features: u64,
     /// When the dump was made, milliseconds since the Unix epoch.
     pub created_unix_ms: u64,
-    /// Parent image directory for incremental dumps (unused now).
+    /// Parent image directory of an incremental dump, relative to this image's directory
+    /// when possible (see [`crate::chain`]); `None` for a standalone image.
     pub parent: Option<String>,
     /// PID of the root of the dumped tree.
     pub root_pid: i32,

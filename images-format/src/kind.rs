@@ -25,6 +25,9 @@ pub enum ImageKind {
     /// Not part of an image: the pages a migration's destination already holds, handed by
     /// the source's tracker to its final dump (see `track`).
     SentPages = 16,
+    /// Where the written-page tracking armed after an image lives (`vzcpt dump --track-mem`):
+    /// the keeper process holding the userfaultfds, and what it tracks (see `track`).
+    TrackState = 17,
 }
 
 /// One row of [`KINDS`].
@@ -40,7 +43,7 @@ pub struct KindDesc {
 /// The table of all kinds, in increasing `u16` order. Values may have gaps (a value is given
 /// to a kind when its work starts; kinds land in any order). Magics are arbitrary distinct
 /// constants, far apart, so a damaged or foreign file is recognised at once.
-pub const KINDS: [KindDesc; 14] = [
+pub const KINDS: [KindDesc; 15] = [
     KindDesc {
         kind: ImageKind::Inventory,
         file_name: "inventory",
@@ -110,6 +113,11 @@ pub const KINDS: [KindDesc; 14] = [
         kind: ImageKind::SentPages,
         file_name: "sent-pages",
         magic: 0x53e9_d20b,
+    },
+    KindDesc {
+        kind: ImageKind::TrackState,
+        file_name: "track-state",
+        magic: 0x7ac4_5e17,
     },
 ];
 
@@ -201,7 +209,8 @@ mod tests {
                 "tmpfs",
                 "timers",
                 "parent-pages",
-                "sent-pages"
+                "sent-pages",
+                "track-state"
             ]
         );
         for &k in ImageKind::ALL {

@@ -16,7 +16,8 @@
 //!   ipc         IPC namespace contents          |  (VEs in their own IPC namespace only)
 //!   tmpfs       tmpfs mounts' files            |  (trees with their own mount namespace)
 //!   timers      POSIX timers                   |  (when some process has one)
-//!   parent-pages pages kept by the parent       /  (incremental images: a migration's last dump)
+//!   parent-pages pages kept by the parent       |  (incremental images; see chain)
+//!   track-state  written-page tracking armed   /  (`--track-mem`)
 //!   pages       page store: header padded to 4096, then 4096-aligned chunks of page data,
 //!               each with its own crc32 and optionally zstd (module pagestore)
 //! ```
@@ -26,6 +27,7 @@
 //! exact postcard decoding. No input makes them panic.
 #![forbid(unsafe_code)]
 
+pub mod chain;
 pub mod dir;
 pub mod error;
 pub mod header;

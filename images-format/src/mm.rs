@@ -125,11 +125,14 @@ pub struct ParentRun {
     pub nr_pages: u32,
 }
 
-/// The `parent-pages` record. A restore refuses an image that has one until the runs are
-/// resolved against the parent (a migration's destination does that with its staged pages).
+/// The `parent-pages` record. An incremental image (`vzcpt dump --parent`) is restored with
+/// its runs resolved through its chain of parents (see [`crate::chain`]); a migration's last
+/// dump (parent `staged`) only by its destination, which resolves the runs with the pages it
+/// staged.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
 pub struct ParentPagesImage {
-    /// What the parent is: `staged` for a migration's destination.
+    /// What the parent is: `staged` for a migration's destination; otherwise the parent
+    /// image's directory as the inventory names it.
     pub parent: String,
     pub runs: Vec<ParentRun>,
 }

@@ -59,6 +59,48 @@ impl Image for SentPagesImage {
     const MAX_PAYLOAD: u64 = 1 << 30;
 }
 
+/// The `track-state` record of an image dumped with `--track-mem`: after the image was
+/// committed, the dump write-protected the tree's private anonymous areas again (tree still
+/// frozen), so a page written since carries the written bit of `PAGEMAP_SCAN`. The
+/// userfaultfds that keep that tracking alive are held by a keeper process outside the tree;
+/// the next dump with this image as `--parent` takes them from it (`pidfd_getfd`, fd numbers
+/// below) and trusts the written bits only if the keeper and each process are the very ones
+/// named here (PID and start time).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+pub struct TrackStateImage {
+    /// The keeper's PID as the dumper saw it, and its start time (`/proc/PID/stat` field 22).
+    pub keeper_pid: i32,
+    pub keeper_start_time: u64,
+    pub processes: Vec<TrackedProcess>,
+}
+
+/// One tracked process.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct TrackedProcess {
+    /// PID as the dumper saw it, and start time: a restarted process is not trusted.
+    pub host_pid: i32,
+    pub start_time: u64,
+    /// Its PID in the image (the owner of its pages).
+    pub image_pid: i32,
+    /// The userfaultfd's descriptor number in the keeper.
+    pub keeper_fd: i32,
+    /// Areas registered and write-protected, `[start, end)`.
+    pub areas: Vec<(u64, u64)>,
+}
+
+impl TrackStateImage {
+    pub fn process(&self, host_pid: i32, start_time: u64) -> Option<&TrackedProcess> {
+        self.processes
+            .iter()
+            .find(|p| p.host_pid == host_pid && p.start_time == start_time)
+    }
+}
+
+impl Image for TrackStateImage {
+    const KIND: ImageKind = ImageKind::TrackState;
+    const MAX_PAYLOAD: u64 = 64 << 20;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

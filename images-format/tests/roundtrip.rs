@@ -85,6 +85,7 @@ fn round_trip_kind(kind: ImageKind) {
         ImageKind::Timers => round_trip_many::<TimersImage>(),
         ImageKind::ParentPages => round_trip_many::<ParentPagesImage>(),
         ImageKind::SentPages => round_trip_many::<images_format::track::SentPagesImage>(),
+        ImageKind::TrackState => round_trip_many::<images_format::track::TrackStateImage>(),
     }
 }
 
@@ -133,12 +134,13 @@ fn every_record_kind_round_trips_through_an_image_directory() {
         let tmpfs: TmpfsImage = write_random(&mut w, &mut rng);
         let timers: TimersImage = write_random(&mut w, &mut rng);
         let parent: ParentPagesImage = write_random(&mut w, &mut rng);
+        let track: images_format::track::TrackStateImage = write_random(&mut w, &mut rng);
         let dir = ImageDir::open(&w.commit().unwrap()).unwrap();
         assert_eq!(dir.inventory(), &inv);
         read_back!(dir, seed, pstree: PstreeImage, core: CoreImage, mm: MmImage,
             pagemap: PagemapImage, files: FilesImage, pipes: PipesImage,
             ns: NamespacesImage, ipc: IpcImage, tmpfs: TmpfsImage, timers: TimersImage,
-            parent: ParentPagesImage);
+            parent: ParentPagesImage, track: images_format::track::TrackStateImage);
         // Not the pages (no page store was opened) nor `sent-pages`, which is never part of
         // an image (a migration's source hands it to its final dump).
         for &k in ImageKind::ALL {

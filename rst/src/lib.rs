@@ -101,7 +101,11 @@ pub struct Images {
     pub pstree: PstreeImage,
     pub core: CoreImage,
     pub mm: MmImage,
+    /// `entries` resolved through the chain of parents; `store` is the top image's alone.
     pub pagemap: PagemapImage,
+    /// The image and its parents (just the image when it is not incremental): its
+    /// [`store`](images_format::chain::Chain::store) holds every page `pagemap` names.
+    pub chain: images_format::chain::Chain,
     pub files: FilesImage,
     pub pipes: PipesImage,
     pub ns: NamespacesImage,
@@ -114,20 +118,20 @@ pub struct Images {
 }
 
 impl Images {
+    /// Reads the image at `dir` and, for an incremental image, its chain of parents:
+    /// `pagemap.entries` are then the resolved pages of the whole chain, whose chunk numbers
+    /// are those of [`Images::chain`]'s store (see `images_format::chain`).
     pub fn load(dir: &std::path::Path) -> Result<Self, RestoreError> {
+        let chain = images_format::chain::Chain::open(dir)?;
         let dir = ImageDir::open(dir)?;
-        if dir.has(ImageKind::ParentPages) {
-            return Err(RestoreError::Invalid(
-                "the image is incremental: part of its pages are in its parent (a record \
-                 `parent-pages`); it can only be restored once merged with that parent"
-                    .into(),
-            ));
-        }
+        let mut pagemap: PagemapImage = dir.read()?;
+        pagemap.entries = chain.entries.clone();
         Ok(Images {
             pstree: dir.read()?,
             core: dir.read()?,
             mm: dir.read()?,
-            pagemap: dir.read()?,
+            pagemap,
+            chain,
             files: dir.read()?,
             pipes: dir.read()?,
             ns: dir.read()?,
@@ -224,7 +228,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
             ))
         }
     }
-    let store = img.dir.page_store(&img.pagemap.store)?;
+    let store = img.chain.store()?;
     // Every page chunk's checksum too: a damaged image must be refused before any process exists.
     store.verify_all()?;
 

@@ -13,8 +13,9 @@ use std::collections::HashMap;
 use std::io::IoSlice;
 use std::os::fd::{AsRawFd, OwnedFd};
 
+use images_format::chain::ChunkSource;
 use images_format::mm::{PageOwner, PagemapEntry, ProcessMm, ShmemObject, Vma, VmaKind};
-use images_format::pagestore::{PageStoreReader, CHUNK_SIZE};
+use images_format::pagestore::CHUNK_SIZE;
 use images_format::{PageBuf, PAGE_SIZE};
 use nix::sys::uio::{process_vm_writev, RemoteIoVec};
 use sys::remote::{Call, RemoteTask};
@@ -33,14 +34,15 @@ const PR_SET_MM_MAP: u64 = 14;
 /// their pages were dumped, so consecutive processes mostly need the same chunk: one slot
 /// avoids reading and checksumming a chunk again for each of them.
 pub struct ChunkCache<'a> {
-    store: &'a PageStoreReader,
+    store: &'a dyn ChunkSource,
     index: u32,
     data: PageBuf,
     len: usize,
 }
 
 impl<'a> ChunkCache<'a> {
-    pub fn new(store: &'a PageStoreReader) -> Result<Self, RestoreError> {
+    /// `store`: one image's page store, or a chain's (`images_format::chain::ChainStore`).
+    pub fn new(store: &'a dyn ChunkSource) -> Result<Self, RestoreError> {
         Ok(Self {
             store,
             index: u32::MAX,

@@ -174,15 +174,15 @@ pub fn validate(img: &Images) -> Result<(), RestoreError> {
                 e.owner, e.addr
             )));
         }
-        if e.loc.chunk as usize >= img.pagemap.store.chunks.len() {
+        // Chunk numbers run through the page stores of the image and its parents.
+        let Some(c) = img.chain.chunk_desc(e.loc.chunk) else {
             return Err(bad(format!(
                 "pagemap entry at {:#x} names chunk {} of {}",
                 e.addr,
                 e.loc.chunk,
-                img.pagemap.store.chunks.len()
+                img.chain.chunk_count()
             )));
-        }
-        let c = &img.pagemap.store.chunks[e.loc.chunk as usize];
+        };
         if e.loc.offset as u64 + e.nr_pages as u64 * PAGE > c.raw_len as u64 {
             return Err(bad(format!(
                 "pagemap entry at {:#x} runs past chunk {}",

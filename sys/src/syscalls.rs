@@ -40,6 +40,24 @@ pub fn pidfd_getfd(pidfd: impl AsFd, target_fd: i32) -> Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
+/// `pidfd_send_signal(2)`: sends `sig` to the process behind `pidfd` (never to a process that
+/// reused its PID).
+pub fn pidfd_send_signal(pidfd: impl AsFd, sig: nix::sys::signal::Signal) -> Result<()> {
+    // SAFETY: integer arguments and a null siginfo (the kernel fills one as kill(2) does);
+    // the pidfd is borrowed for the duration of the call.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_fd().as_raw_fd(),
+            sig as i32,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    Errno::result(r).map_err(sys_err("pidfd_send_signal"))?;
+    Ok(())
+}
+
 /// `kcmp(2)` with `KCMP_VM`: whether two tasks share one address space (a vfork child and
 /// its parent until the child execs or exits).
 pub fn kcmp_same_vm(pid1: Pid, pid2: Pid) -> Result<bool> {

@@ -19,10 +19,16 @@ enum Command {
     Restore(commands::restore::RestoreArgs),
     Show(commands::show::ShowArgs),
     Verify(commands::verify::VerifyArgs),
+    Merge(commands::merge::MergeArgs),
     Check(commands::check::CheckArgs),
 }
 
 fn main() {
+    // The keeper of `dump --track-mem` (started by the dump itself, not a user command).
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some(cpt::incremental::KEEPER_ARG) {
+        std::process::exit(cpt::incremental::keeper_main(&args[2..]));
+    }
     cli::logging::init();
     let cli = Cli::parse();
     let r = match cli.command {
@@ -33,6 +39,7 @@ fn main() {
             commands::show::run(&a)
         }
         Command::Verify(a) => commands::verify::run(&a),
+        Command::Merge(a) => commands::merge::run(&a),
         Command::Check(a) => commands::check::run(&a),
     };
     match r {

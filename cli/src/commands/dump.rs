@@ -30,9 +30,15 @@ pub struct DumpArgs {
     /// Compress page chunks with zstd (default level 3).
     #[arg(long, value_name = "LEVEL", num_args = 0..=1, default_missing_value = "3", require_equals = true)]
     pub compress: Option<i32>,
-    /// Parent image for an incremental dump (not supported yet).
+    /// Parent image for an incremental dump: only pages written since it (or differing
+    /// from its copy) are stored, the rest is referred to. Restoring the image needs the
+    /// parent (and its own parents) in place, at the same relative path.
     #[arg(long, value_name = "DIR")]
     pub parent: Option<PathBuf>,
+    /// Keep written-page tracking armed in the tree after the dump (a detached keeper
+    /// process holds it), so that a later `--parent` dump knows which pages were written.
+    #[arg(long)]
+    pub track_mem: bool,
     /// Also dump established TCP connections to peers outside the tree (restored with
     /// TCP_REPAIR); without it such a connection fails the dump. Connections between two
     /// tasks of the tree are always dumped.
@@ -44,9 +50,6 @@ pub struct DumpArgs {
 }
 
 pub fn run(a: &DumpArgs) -> anyhow::Result<i32> {
-    if a.parent.is_some() {
-        bail!("--parent: incremental dumps are not supported yet (issue 7)");
-    }
     let target = match (a.pid, &a.cgroup) {
         (Some(pid), None) => Target::Tree(pid),
         (None, Some(cg)) => Target::Cgroup(cg.clone()),
@@ -68,17 +71,27 @@ pub fn run(a: &DumpArgs) -> anyhow::Result<i32> {
         sent_pages: None,
         journal: None,
     };
-    let stats =
-        cpt::dump(&opts).with_context(|| format!("dump into {} failed", a.dir.display()))?;
+    let inc = cpt::incremental::IncrementalOptions {
+        track_mem: a.track_mem,
+        parent: a.parent.clone(),
+        keeper_exe: None,
+    };
+    let stats = cpt::dump_incremental(&opts, &inc)
+        .with_context(|| format!("dump into {} failed", a.dir.display()))?;
     if a.json {
         super::print_json(&stats)?;
     } else {
         eprintln!(
-            "dumped {} processes ({} threads) into {}: {} pages stored, {:.1} ms frozen, {:.1} ms in all",
+            "dumped {} processes ({} threads) into {}: {} pages stored{}, {:.1} ms frozen, {:.1} ms in all",
             stats.processes,
             stats.threads,
             a.dir.display(),
             stats.pages_stored,
+            if a.parent.is_some() {
+                format!(", {} left to the parent", stats.pages_in_parent)
+            } else {
+                String::new()
+            },
             stats.frozen_ms,
             stats.total_ms
         );

@@ -1,5 +1,6 @@
 pub mod check;
 pub mod dump;
+pub mod merge;
 pub mod restore;
 pub mod show;
 pub mod verify;

@@ -41,6 +41,12 @@ struct Everything {
     /// Only when some process has POSIX timers.
     #[serde(skip_serializing_if = "Option::is_none")]
     timers: Option<images_format::events::TimersImage>,
+    /// Only in incremental images: the pages their parent holds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parent_pages: Option<images_format::mm::ParentPagesImage>,
+    /// Only in images dumped with `--track-mem`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    track_state: Option<images_format::track::TrackStateImage>,
 }
 
 pub fn run(a: &ShowArgs) -> anyhow::Result<i32> {
@@ -70,6 +76,16 @@ pub fn run(a: &ShowArgs) -> anyhow::Result<i32> {
         } else {
             None
         },
+        parent_pages: if dir.has(ImageKind::ParentPages) {
+            Some(dir.read()?)
+        } else {
+            None
+        },
+        track_state: if dir.has(ImageKind::TrackState) {
+            Some(dir.read()?)
+        } else {
+            None
+        },
     };
     if a.json {
         super::print_json(&all)?;
@@ -87,6 +103,9 @@ pub fn run(a: &ShowArgs) -> anyhow::Result<i32> {
         inv.xsave_features,
         if inv.compressed { ", zstd pages" } else { "" }
     );
+    if let Some(parent) = &inv.parent {
+        println!("incremental: parent image {parent} (relative to this image's directory)");
+    }
     println!(
         "\n== pstree (root {}, own PID namespace: {})",
         all.pstree.root_pid, all.pstree.pid_ns_init
@@ -123,6 +142,33 @@ pub fn run(a: &ShowArgs) -> anyhow::Result<i32> {
             "  {:?} {:#x} x{} at chunk {} +{}",
             e.owner, e.addr, e.nr_pages, e.loc.chunk, e.loc.offset
         );
+    }
+    if let Some(pp) = &all.parent_pages {
+        let pages: u64 = pp.runs.iter().map(|r| r.nr_pages as u64).sum();
+        println!(
+            "\n== parent-pages (parent {}: {} runs, {pages} pages)",
+            pp.parent,
+            pp.runs.len()
+        );
+        for r in &pp.runs {
+            println!("  {:?} {:#x} x{}", r.owner, r.addr, r.nr_pages);
+        }
+    }
+    if let Some(t) = &all.track_state {
+        println!(
+            "\n== track-state (keeper pid {} start time {})",
+            t.keeper_pid, t.keeper_start_time
+        );
+        for p in &t.processes {
+            println!(
+                "  process {} (host pid {} start time {}) keeper fd {} areas {}",
+                p.image_pid,
+                p.host_pid,
+                p.start_time,
+                p.keeper_fd,
+                p.areas.len()
+            );
+        }
     }
     println!("\n== files");
     for d in &all.files.descs {
