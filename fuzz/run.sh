@@ -14,7 +14,7 @@ SECONDS_EACH=${1:-60}
 shift || true
 ALL=(record_inventory record_pstree record_core record_mm record_pagemap record_files
      record_pipes record_ns record_ipc record_tmpfs record_timers record_parent_pages
-     record_sent_pages pagestore proto_frame
+     record_sent_pages record_track_state pagestore proto_frame
      proto_message backup_stream)
 if [ $# -gt 0 ]; then TARGETS=("$@"); else TARGETS=("${ALL[@]}"); fi
 export RUSTC_BOOTSTRAP=1

@@ -65,6 +65,9 @@ EOF
 start tree bash "$T/tree.sh"
 "$VZCPT" dump --leave-running -t "$PID" -D "$T/img-tree" >/dev/null
 "$VZCPT" dump --leave-running -t "$PID" -D "$T/img-tree-z" --compress=3 >/dev/null
+# An incremental pair: track-state and parent-pages records (the keeper ends with the tree).
+"$VZCPT" dump --leave-running --track-mem -t "$PID" -D "$T/img-tree-track" >/dev/null
+"$VZCPT" dump --leave-running --track-mem --parent "$T/img-tree-track" -t "$PID" -D "$T/img-tree-incr" >/dev/null
 
 # C workloads of the test suite: POSIX timers (the timers record) and a socketpair with
 # queued data (unix sockets in the files record).
@@ -79,7 +82,8 @@ for w in posix_timers unix_pair; do
 done
 
 # seed TARGET NAME BYTES-FILE: adds one input.
-seed() { mkdir -p "$C/$1"; cp "$3" "$C/$1/$2"; }
+# Record files are named with '-' (parent-pages), their targets with '_'.
+seed() { local d=${1//-/_}; mkdir -p "$C/$d"; cp "$3" "$C/$d/$2"; }
 n=0
 for img in "$T"/img-*; do
     tag=$(basename "$img")
