@@ -6,6 +6,7 @@
 //! image (see [`images_format::ImageWriter`]).
 #![forbid(unsafe_code)]
 
+pub mod cow;
 pub mod events;
 pub mod files;
 pub mod freeze;
@@ -70,6 +71,8 @@ pub enum DumpError {
     Sys(#[from] SysError),
     #[error("cannot write the image")]
     Image(#[from] FormatError),
+    #[error("{0}")]
+    Options(String),
 }
 
 /// What to dump.
@@ -99,6 +102,12 @@ pub struct DumpOptions {
     /// dumper killed halfway left. `None`: no journal (a dumper killed halfway leaves its
     /// tree with every signal blocked and its TCP connections in repair mode).
     pub journal: Option<PathBuf>,
+    /// Background (copy-on-write) memory dump (see [`cow`]): the tree is stopped only for its
+    /// small state; its private anonymous memory is write-protected, the tree resumed, and the
+    /// memory copied while it runs, each page before the tree first writes it. The image holds
+    /// the memory of the frozen instant. Needs `final_state` `LeaveRunning`; not with
+    /// `sent_pages`.
+    pub cow: bool,
 }
 
 /// Figures of one dump, printed by `vzcpt dump --json`.
@@ -114,8 +123,15 @@ pub struct DumpStats {
     /// Pages left to the parent (`parent-pages` record) with `sent_pages`.
     pub pages_in_parent: u64,
     pub freeze_ms: f64,
+    /// Time the tree was stopped for the dump. With `cow`, from the start of the seize to the
+    /// thaw.
     pub frozen_ms: f64,
     pub total_ms: f64,
+    /// With `cow`: pages copied after the thaw, those of them copied because the tree was
+    /// about to write them (a write fault served), and the time the copy took.
+    pub cow_pages_copied: u64,
+    pub cow_pages_ahead_of_writes: u64,
+    pub cow_copy_ms: f64,
 }
 
 fn ms(since: Instant) -> f64 {
@@ -124,6 +140,12 @@ fn ms(since: Instant) -> f64 {
 
 /// Dumps the target into `opts.dir`, then kills, resumes or leaves it stopped.
 pub fn dump(opts: &DumpOptions) -> Result<DumpStats, DumpError> {
+    if opts.cow {
+        let (_, frozen, copy) = dump_cow(opts)?;
+        // From here the tree runs; a failure of the copy removes the image and lets it run.
+        frozen.finish(FinalState::LeaveRunning)?;
+        return copy.complete();
+    }
     let t0 = Instant::now();
     let (mut stats, frozen) = dump_held(opts)?;
     // Only a complete image lets the tree go (killed, resumed or left stopped).
@@ -137,6 +159,51 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpStats, DumpError> {
 /// destination commits or aborts); dropping it resumes the tree. `opts.final_state` is not
 /// applied; `total_ms` and `frozen_ms` count up to the complete image.
 pub fn dump_held(opts: &DumpOptions) -> Result<(DumpStats, seize::Frozen), DumpError> {
+    if opts.cow {
+        return Err(DumpError::Options(
+            "a background (cow) dump goes through dump_cow, not dump_held".into(),
+        ));
+    }
+    let (stats, frozen, _) = dump_stopped(opts, false)?;
+    Ok((stats, frozen))
+}
+
+/// A background (copy-on-write) dump, first half: returns with the tree still stopped, every
+/// record but the pagemap written, and its private anonymous memory write-protected (the
+/// caller may take a file-system snapshot at this instant). The caller then calls
+/// `frozen.finish(FinalState::LeaveRunning)` and, right after, [`cow::CowCopy::complete`],
+/// which copies the memory while the tree runs and commits the image. Dropping the
+/// [`cow::CowCopy`] instead removes the image and clears the protection. `opts.cow` must be
+/// set, with `final_state` `LeaveRunning` and no `sent_pages`.
+pub fn dump_cow(opts: &DumpOptions) -> Result<(DumpStats, seize::Frozen, cow::CowCopy), DumpError> {
+    if !opts.cow {
+        return Err(DumpError::Options("dump_cow needs DumpOptions::cow".into()));
+    }
+    if opts.final_state != FinalState::LeaveRunning {
+        return Err(DumpError::Options(
+            "a background (cow) dump copies memory while the tree runs: it needs \
+             --leave-running"
+                .into(),
+        ));
+    }
+    if opts.sent_pages.is_some() {
+        return Err(DumpError::Options(
+            "a background (cow) dump stores every page: it cannot refer to pages a \
+             migration destination holds (sent_pages)"
+                .into(),
+        ));
+    }
+    let (stats, frozen, copy) = dump_stopped(opts, true)?;
+    let copy = copy.ok_or_else(|| DumpError::Tree("the background copy was not set up".into()))?;
+    Ok((stats, frozen, copy))
+}
+
+/// The dump while the tree is stopped; with `cow`, the memory left to the background copy
+/// and the image (not committed) go into the returned [`cow::CowCopy`].
+fn dump_stopped(
+    opts: &DumpOptions,
+    cow: bool,
+) -> Result<(DumpStats, seize::Frozen, Option<cow::CowCopy>), DumpError> {
     let t0 = Instant::now();
     // Begun before the seize: a dumper killed while the freezer holds the cgroup leaves one.
     let journal = match &opts.journal {
@@ -155,8 +222,12 @@ pub fn dump_held(opts: &DumpOptions) -> Result<(DumpStats, seize::Frozen), DumpE
     // Remote syscalls first, for every process: the scratch page they use is gone before
     // memory is read, and once they are done the cgroup can freeze around the tree.
     let mut remote = HashMap::new();
+    let mut cow_plan = cow.then(cow::CowPlan::default);
     for p in frozen.alive() {
         remote.insert(p.pid.as_raw(), task::dump_process(p)?);
+        if let Some(plan) = cow_plan.as_mut() {
+            plan.arm(p.pid.as_raw())?;
+        }
     }
     if let Target::Cgroup(path) = &opts.target {
         frozen.freeze(path)?;
@@ -211,6 +282,7 @@ pub fn dump_held(opts: &DumpOptions) -> Result<(DumpStats, seize::Frozen), DumpE
         let collected = (|| {
             let mut mem = memory::MemDumper::new(&sink);
             mem.sent_pages = opts.sent_pages.as_ref();
+            mem.cow = cow_plan.take();
             // The VE's own IPC namespace: its objects once, and SysV attachments by id.
             let ipc = if namespaces.own.contains(&images_format::ns::NsKind::Ipc) {
                 let root = frozen.root().as_raw();
@@ -295,6 +367,7 @@ pub fn dump_held(opts: &DumpOptions) -> Result<(DumpStats, seize::Frozen), DumpE
                 std::mem::take(&mut mem.parent_runs),
                 ipc,
                 tmpfs_image,
+                mem.cow.take(),
             ))
         })();
         drop(sink);
@@ -305,15 +378,22 @@ pub fn dump_held(opts: &DumpOptions) -> Result<(DumpStats, seize::Frozen), DumpE
     });
     // The writer's own error explains a failed send better than the send does.
     let stored = stored?;
-    let (mem_stats, shmem, parent_runs, ipc, tmpfs_image) = collected?;
+    let (mem_stats, shmem, parent_runs, ipc, tmpfs_image, cow_plan) = collected?;
     if sys::fault::hit("dump.after-pages") {
         return Err(DumpError::Tree(sys::fault::message("dump.after-pages")));
     }
     mm.shmem = shmem;
-    let entries = stored.entries;
-    let index = store.finish()?;
-    stats.pages_bytes_stored = index.chunks.iter().map(|c| c.stored_len as u64).sum();
-    stats.pages_scanned = mem_stats.pages_scanned;
+    let mut entries = Some(stored.entries);
+    // A background dump goes on storing pages after the thaw.
+    let (index, store) = match cow_plan {
+        Some(_) => (None, Some(store)),
+        None => (Some(store.finish()?), None),
+    };
+    if let Some(index) = &index {
+        stats.pages_bytes_stored = index.chunks.iter().map(|c| c.stored_len as u64).sum();
+    }
+    stats.pages_scanned =
+        mem_stats.pages_scanned + cow_plan.as_ref().map_or(0, |c| c.pages_scanned);
     stats.pages_in_parent = mem_stats.pages_in_parent;
     stats.pages_stored = stored.pages_stored;
     stats.zero_pages_skipped = stored.zero_pages_skipped;
@@ -339,10 +419,12 @@ pub fn dump_held(opts: &DumpOptions) -> Result<(DumpStats, seize::Frozen), DumpE
     writer.write(&pstree)?;
     writer.write(&core)?;
     writer.write(&mm)?;
-    writer.write(&PagemapImage {
-        store: index,
-        entries,
-    })?;
+    if let (Some(index), Some(entries)) = (index, entries.as_mut()) {
+        writer.write(&PagemapImage {
+            store: index,
+            entries: std::mem::take(entries),
+        })?;
+    }
     writer.write(&FilesImage {
         descs: files.descs,
         tables: files.tables,
@@ -369,6 +451,20 @@ pub fn dump_held(opts: &DumpOptions) -> Result<(DumpStats, seize::Frozen), DumpE
     if sys::fault::hit("dump.before-commit") {
         return Err(DumpError::Tree(sys::fault::message("dump.before-commit")));
     }
+    if let (Some(plan), Some(store)) = (cow_plan, store) {
+        let copy = cow::CowCopy {
+            writer,
+            store,
+            entries: entries.unwrap_or_default(),
+            compress: opts.compress,
+            plan,
+            stats: stats.clone(),
+            t0,
+        };
+        stats.frozen_ms = ms(t_frozen);
+        stats.total_ms = ms(t0);
+        return Ok((stats, frozen, Some(copy)));
+    }
     writer.commit()?;
 
     stats.frozen_ms = ms(t_frozen);
@@ -379,7 +475,7 @@ pub fn dump_held(opts: &DumpOptions) -> Result<(DumpStats, seize::Frozen), DumpE
         store_ms = mem_stats.store_ns / 1_000_000,
         "dump complete"
     );
-    Ok((stats, frozen))
+    Ok((stats, frozen, None))
 }
 
 /// PIDs as the image records them: those of the root's own PID namespace when the root is its

@@ -40,7 +40,7 @@ const SWP_PTE_MARKER: u64 = 31;
 /// Whether a pagemap entry has contents: present, or really swapped out. A PTE marker shows as
 /// swapped but holds nothing: the userfaultfd write protection of a page never populated (a
 /// tracked area has one on each), a guard region (which reading would fault on).
-fn holds_data(e: u64) -> bool {
+pub(crate) fn holds_data(e: u64) -> bool {
     e & PM_PRESENT != 0 || (e & PM_SWAP != 0 && e & PM_SWAP_TYPE != SWP_PTE_MARKER)
 }
 
@@ -73,6 +73,9 @@ pub struct MemDumper<'a> {
     pub sent_pages: Option<&'a SentPagesImage>,
     /// Runs of pages the parent holds, consecutive pages coalesced.
     pub parent_runs: Vec<ParentRun>,
+    /// A background dump (`crate::cow`): readable private anonymous areas are registered
+    /// and write-protected instead of read, and copied once the tree runs again.
+    pub cow: Option<crate::cow::CowPlan>,
 }
 
 fn io(
@@ -130,6 +133,7 @@ impl<'a> MemDumper<'a> {
             sysv_ipc_ns: None,
             sent_pages: None,
             parent_runs: Vec::new(),
+            cow: None,
         }
     }
 
@@ -223,6 +227,12 @@ impl<'a> MemDumper<'a> {
                 | if m.write { libc::PROT_WRITE } else { 0 }
                 | if m.exec { libc::PROT_EXEC } else { 0 }) as u32;
             match &kind {
+                VmaKind::Anon
+                    if m.read
+                        && match self.cow.as_mut() {
+                            Some(plan) => plan.defer_area(pid, image_pid, m)?,
+                            None => false,
+                        } => {}
                 VmaKind::Anon => {
                     let held = self.held_by_parent(pid, &pagemap, m)?;
                     self.dump_pages(pid, &pagemap, &mut mem, m, false, held.as_deref())?

@@ -476,6 +476,7 @@ fn dump_locked(
         tcp_established: true,
         sent_pages,
         journal: Some(journal),
+        cow: false,
     })
     .map_err(|source| {
         if net::configured(&cfg) {

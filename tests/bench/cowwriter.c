@@ -1,0 +1,119 @@
+/*
+ * cowwriter MIB: rewrites MIB MiB of anonymous memory for ever, generation after generation,
+ * in a way that makes any memory image not taken at one instant detectable (the background
+ * (--cow) dump's tests and benchmark).
+ *
+ * Page 0 of the area holds one 64-bit word, state = G << 32 | P: generation G is being
+ * written, page P is the one being written. Word j of page i (i >= 1) of generation g is
+ * g << 40 | i << 9 | j. At every instant: pages 1..P-1 hold generation G, pages P+1.. hold
+ * G-1, page P holds G in a prefix and G-1 in the rest. One store moves P (or G and P at the
+ * end of a generation), so the invariant holds at every instruction boundary, and so in any
+ * image of one instant; a page taken a moment too late (after it was rewritten) breaks it.
+ *
+ * Workload protocol (wl.h): ready once generation 0 is written; a check verifies the
+ * invariant over the whole area (and that it moved since the last check: the process runs).
+ * $VZCPT_CTL/progress holds the number of the last generation finished.
+ * With WL_FORK=1 it forks a child every other generation that rewrites its copy of the first
+ * 16 MiB with garbage and exits (a child's copy-on-write must not change the parent's pages).
+ */
+#include "wl.h"
+#include <stdint.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
+
+#define PG 4096UL
+#define WORDS (PG / 8)
+
+static volatile uint64_t *area;
+static size_t pages;
+
+static inline uint64_t word(uint64_t g, uint64_t i, uint64_t j) { return g << 40 | i << 9 | j; }
+
+static int check(char *why, size_t len)
+{
+    static uint64_t last;
+    uint64_t state = area[0];
+    uint64_t g = state >> 32, p = state & 0xffffffff;
+    if (g < 1 || p < 1 || p >= pages) {
+        snprintf(why, len, "bad state word %#lx", (unsigned long)state);
+        return 0;
+    }
+    if (state == last) {
+        snprintf(why, len, "no progress since the last check (state %#lx)", (unsigned long)state);
+        return 0;
+    }
+    last = state;
+    for (uint64_t i = 1; i < pages; i++) {
+        volatile uint64_t *w = area + i * WORDS;
+        for (uint64_t j = 0; j < WORDS; j++) {
+            uint64_t want = i < p ? word(g, i, j) : word(g - 1, i, j);
+            if (i == p && w[j] == word(g, i, j)) {
+                /* the prefix written in generation g: allowed only before the rest */
+                if (j > 0 && w[j - 1] != word(g, i, j - 1)) {
+                    snprintf(why, len, "page %lu (being written) word %lu of gen %lu after an older one",
+                             (unsigned long)i, (unsigned long)j, (unsigned long)g);
+                    return 0;
+                }
+                continue;
+            }
+            if (w[j] != want) {
+                snprintf(why, len,
+                         "state gen %lu page %lu: page %lu word %lu is %#lx, want %#lx (gen %lu)",
+                         (unsigned long)g, (unsigned long)p, (unsigned long)i, (unsigned long)j,
+                         (unsigned long)w[j], (unsigned long)want,
+                         (unsigned long)(i < p ? g : g - 1));
+                return 0;
+            }
+        }
+    }
+    return 1;
+}
+
+int main(int argc, char **argv)
+{
+    wl_init();
+    size_t mib = argc > 1 ? (size_t)atol(argv[1]) : 64;
+    int forking = getenv("WL_FORK") && atoi(getenv("WL_FORK"));
+    pages = mib << 8;
+    area = mmap(NULL, pages * PG, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (area == MAP_FAILED) { perror("mmap"); return 2; }
+    for (uint64_t i = 1; i < pages; i++)
+        for (uint64_t j = 0; j < WORDS; j++)
+            area[i * WORDS + j] = word(0, i, j);
+    area[0] = 1UL << 32 | 1;
+    wl_ready();
+    for (uint64_t g = 1;; g++) {
+        if (forking && g % 2 == 0) {
+            pid_t c = fork();
+            if (c == 0) {
+                /* Keeps the first 16 MiB only (a child caught by a dump stays small),
+                 * rewrites them, lingers a little (so that it does not exit in the middle
+                 * of a background copy that caught it) and exits. */
+                size_t n = pages < 4096 ? pages : 4096;
+                if (n < pages)
+                    munmap((void *)(area + n * WORDS), (pages - n) * PG);
+                for (uint64_t i = 1; i < n; i++)
+                    for (uint64_t j = 0; j < WORDS; j++)
+                        area[i * WORDS + j] = 0xdeadbeef;
+                struct timespec ts = {0, 300 * 1000 * 1000};
+                nanosleep(&ts, NULL);
+                _exit(0);
+            }
+        }
+        for (uint64_t i = 1; i < pages; i++) {
+            area[0] = g << 32 | i;
+            volatile uint64_t *w = area + i * WORDS;
+            for (uint64_t j = 0; j < WORDS; j++)
+                w[j] = word(g, i, j);
+            if ((i & 63) == 0)
+                wl_answer_check("cowwriter", check);
+        }
+        area[0] = (g + 1) << 32 | 1;
+        if (forking)
+            while (waitpid(-1, NULL, WNOHANG) > 0)
+                ;
+        char buf[32];
+        snprintf(buf, sizeof buf, "%lu\n", (unsigned long)g);
+        wl_write_file("progress", buf);
+    }
+}
