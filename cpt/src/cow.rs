@@ -39,7 +39,6 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io::IoSliceMut;
 use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
@@ -198,35 +197,22 @@ impl CowPlan {
             }
         };
         let p = &mut self.processes[at];
-        let nr = ((m.end - m.start) / PAGE) as usize;
-        let mut raw = vec![0u8; nr * 8];
-        p.pagemap
-            .read_exact_at(&mut raw, m.start / PAGE * 8)
-            .map_err(|source| DumpError::Io {
-                op: "read",
-                path: format!("/proc/{pid}/pagemap").into(),
-                source,
-            })?;
-        self.pages_scanned += nr as u64;
-        let data = |i: usize| {
-            crate::memory::holds_data(u64::from_le_bytes(
-                raw[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]),
-            ))
-        };
+        let t = Instant::now();
+        self.pages_scanned += (m.end - m.start) / PAGE;
+        // The pages holding data now (present or swapped, not the shared zero page, not a
+        // guard): one `PAGEMAP_SCAN` walk, far cheaper than reading the pagemap entries.
+        let held = uffd::scan(&p.pagemap, m.start, m.end, &HOLDS_DATA)
+            .map_err(|e| task_err(pid, format!("pages at {:#x}-{:#x}", m.start, m.end), &e))?;
         let mut runs = Vec::new();
-        let mut i = 0;
-        while i < nr {
-            if !data(i) {
-                i += 1;
-                continue;
+        for r in &held {
+            let mut at = r.start;
+            while at < r.end {
+                let n = (((r.end - at) / PAGE) as usize).min(MAX_RUN);
+                runs.push(Run::new(at, n));
+                at += n as u64 * PAGE;
             }
-            let mut j = i + 1;
-            while j < nr && j - i < MAX_RUN && data(j) {
-                j += 1;
-            }
-            runs.push(Run::new(m.start + i as u64 * PAGE, j - i));
-            i = j;
         }
+        let scanned = t.elapsed();
         if runs.is_empty() {
             // Nothing to copy: whatever is written there later is not of the frozen instant.
             return Ok(true);
@@ -241,6 +227,10 @@ impl CowPlan {
             );
             return Ok(false);
         }
+        let registered = t.elapsed();
+        // A page-table walk: about 0.3 µs a page on this (loaded, virtual) machine, tens of
+        // ms a GiB, the one part of the stopped time that grows with the memory (threads in
+        // parallel gained nothing here).
         uffd::writeprotect(&p.uffd, m.start, len, true).map_err(|e| {
             task_err(
                 pid,
@@ -249,6 +239,15 @@ impl CowPlan {
             )
         })?;
         let pages: u64 = runs.iter().map(|r| r.n as u64).sum();
+        debug!(
+            pid,
+            area = format!("{:#x}-{:#x}", m.start, m.end),
+            pages,
+            scan_us = scanned.as_micros() as u64,
+            register_us = (registered - scanned).as_micros() as u64,
+            protect_us = (t.elapsed() - registered).as_micros() as u64,
+            "area left to the background copy"
+        );
         p.pages += pages;
         self.pages_deferred += pages;
         p.runs
@@ -258,6 +257,16 @@ impl CowPlan {
         Ok(true)
     }
 }
+
+/// Pages that hold data: present or swapped (a swap entry that is no page, such as a
+/// guard, left out), not the shared zero page.
+const HOLDS_DATA: ScanRequest = ScanRequest {
+    flags: 0,
+    category_inverted: uffd::PAGE_IS_PFNZERO | uffd::PAGE_IS_GUARD,
+    category_mask: uffd::PAGE_IS_PFNZERO | uffd::PAGE_IS_GUARD,
+    category_anyof_mask: uffd::PAGE_IS_PRESENT | uffd::PAGE_IS_SWAPPED,
+    return_mask: uffd::PAGE_IS_PRESENT | uffd::PAGE_IS_SWAPPED,
+};
 
 /// The rest of a background dump, once the tree runs again: see [`CowCopy::complete`].
 pub struct CowCopy {

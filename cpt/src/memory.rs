@@ -40,7 +40,7 @@ const SWP_PTE_MARKER: u64 = 31;
 /// Whether a pagemap entry has contents: present, or really swapped out. A PTE marker shows as
 /// swapped but holds nothing: the userfaultfd write protection of a page never populated (a
 /// tracked area has one on each), a guard region (which reading would fault on).
-pub(crate) fn holds_data(e: u64) -> bool {
+fn holds_data(e: u64) -> bool {
     e & PM_PRESENT != 0 || (e & PM_SWAP != 0 && e & PM_SWAP_TYPE != SWP_PTE_MARKER)
 }
 

@@ -62,6 +62,10 @@ pub const PAGE_IS_FILE: u64 = 1 << 2;
 pub const PAGE_IS_PRESENT: u64 = 1 << 3;
 pub const PAGE_IS_SWAPPED: u64 = 1 << 4;
 pub const PAGE_IS_PFNZERO: u64 = 1 << 5;
+pub const PAGE_IS_HUGE: u64 = 1 << 6;
+pub const PAGE_IS_SOFT_DIRTY: u64 = 1 << 7;
+/// A guard region's page (`MADV_GUARD_INSTALL`): shows as swapped, holds nothing.
+pub const PAGE_IS_GUARD: u64 = 1 << 8;
 
 const PAGE: u64 = 4096;
 

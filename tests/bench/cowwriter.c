@@ -13,6 +13,10 @@
  * Workload protocol (wl.h): ready once generation 0 is written; a check verifies the
  * invariant over the whole area (and that it moved since the last check: the process runs).
  * $VZCPT_CTL/progress holds the number of the last generation finished.
+ * With WL_KERNEL_WRITES=1 the pages are written by the kernel: read(2) from a pipe into the
+ * area (a write fault in kernel mode). With WL_REMAP=1, at the start of each generation the
+ * last 4 MiB are replaced by a new mapping with the same contents (mremap MREMAP_FIXED): the
+ * pages a background copy had not copied yet are gone from the address space it protected.
  * With WL_FORK=1 it forks a child every other generation that rewrites its copy of the first
  * 16 MiB with garbage and exits (a child's copy-on-write must not change the parent's pages).
  */
@@ -74,6 +78,11 @@ int main(int argc, char **argv)
     wl_init();
     size_t mib = argc > 1 ? (size_t)atol(argv[1]) : 64;
     int forking = getenv("WL_FORK") && atoi(getenv("WL_FORK"));
+    int kernel_writes = getenv("WL_KERNEL_WRITES") && atoi(getenv("WL_KERNEL_WRITES"));
+    int remap = getenv("WL_REMAP") && atoi(getenv("WL_REMAP"));
+    int pfd[2];
+    if (kernel_writes && pipe(pfd)) { perror("pipe"); return 2; }
+    static uint64_t page_buf[WORDS];
     pages = mib << 8;
     area = mmap(NULL, pages * PG, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (area == MAP_FAILED) { perror("mmap"); return 2; }
@@ -100,11 +109,33 @@ int main(int argc, char **argv)
                 _exit(0);
             }
         }
+        if (remap && pages > 2048) {
+            size_t tail = 1024, first = pages - tail;
+            uint64_t *n = mmap(NULL, tail * PG, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+            if (n == MAP_FAILED) { perror("mmap"); exit(3); }
+            for (uint64_t i = 0; i < tail; i++)
+                for (uint64_t j = 0; j < WORDS; j++)
+                    n[i * WORDS + j] = word(g - 1, first + i, j);
+            if (mremap(n, tail * PG, tail * PG, MREMAP_MAYMOVE | MREMAP_FIXED,
+                       (void *)(area + first * WORDS)) == MAP_FAILED) { perror("mremap"); exit(3); }
+        }
         for (uint64_t i = 1; i < pages; i++) {
             area[0] = g << 32 | i;
             volatile uint64_t *w = area + i * WORDS;
-            for (uint64_t j = 0; j < WORDS; j++)
-                w[j] = word(g, i, j);
+            if (kernel_writes) {
+                for (uint64_t j = 0; j < WORDS; j++)
+                    page_buf[j] = word(g, i, j);
+                if (write(pfd[1], page_buf, PG) != (ssize_t)PG) { perror("write pipe"); exit(3); }
+                size_t got = 0;
+                while (got < PG) {
+                    ssize_t r = read(pfd[0], (char *)w + got, PG - got);
+                    if (r <= 0) { perror("read into the area"); exit(3); }
+                    got += r;
+                }
+            } else {
+                for (uint64_t j = 0; j < WORDS; j++)
+                    w[j] = word(g, i, j);
+            }
             if ((i & 63) == 0)
                 wl_answer_check("cowwriter", check);
         }

@@ -85,6 +85,37 @@ echo OK
     )
 }
 
+/// Pages replaced (mremap over them) before the copy reached them: the dump fails naming the
+/// task and the memory, leaves no image, and the writer runs on; or, when the copy got there
+/// first, the image is one instant like any other. Three dumps in a row, either way each.
+const REMAPPED: &str = r#"
+start 64 WL_REMAP=1
+for n in 1 2 3; do
+    if "$VZCPT" dump -t $P -D "$WORK/img$n" --leave-running --cow 2>"$WORK/dump.err"; then
+        echo "dump $n: complete (the copy passed the replaced pages before they were replaced)"
+        "$VZCPT" verify -D "$WORK/img$n" || fail "verify"
+        KEEP=$n
+    else
+        grep -q "unmapped, discarded, moved or replaced" "$WORK/dump.err" \
+            || fail "unexpected error: $(cat "$WORK/dump.err")"
+        grep -q "task $P" "$WORK/dump.err" || fail "the error does not name task $P: $(cat "$WORK/dump.err")"
+        echo "dump $n: refused: $(cat "$WORK/dump.err")"
+        [ -e "$WORK/img$n" ] && fail "an image was left"
+        ls "$WORK" | grep -q tmp && fail "a temporary image directory was left: $(ls "$WORK")"
+    fi
+    kill -0 $P || fail "the writer died"
+    moves "after dump $n"
+    check "after dump $n"
+done
+kill -9 $P; wait $P 2>/dev/null
+if [ -n "${KEEP:-}" ]; then
+    R=$("$VZCPT" restore -D "$WORK/img$KEEP" --detach 2>"$WORK/restore.err") || fail "restore: $(cat "$WORK/restore.err")"
+    check "restored from dump $KEEP"
+    kill -9 $R
+fi
+echo OK
+"#;
+
 /// The dumper SIGKILLed (`kill` action of a failure point) with half the memory copied: the
 /// writer runs on, unblocked (it was blocked on a write fault more often than not), no image.
 const KILLED_DUMPER: &str = r#"
@@ -205,6 +236,11 @@ fn main() {
             "frozen_instant_while_forking",
             frozen_instant(64, "WL_FORK=1"),
         ),
+        (
+            "frozen_instant_with_kernel_writes",
+            frozen_instant(64, "WL_KERNEL_WRITES=1"),
+        ),
+        ("replaced_pages_fail_the_copy_clearly", REMAPPED.into()),
         (
             "killed_dumper_leaves_the_process_running",
             KILLED_DUMPER.into(),
