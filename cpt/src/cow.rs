@@ -629,3 +629,24 @@ impl CowCopy {
         Ok(stats)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uncopied_ranges_of_a_run() {
+        let mut r = Run::new(0x10000, 130);
+        assert_eq!(r.next_uncopied(0), Some((0, 130)));
+        r.mark(3, 5);
+        r.mark(64, 65);
+        r.mark(129, 130);
+        assert_eq!(r.next_uncopied(0), Some((0, 3)));
+        assert_eq!(r.next_uncopied(3), Some((5, 64)));
+        assert_eq!(r.next_uncopied(64), Some((65, 129)));
+        assert_eq!(r.next_uncopied(129), None);
+        r.mark(0, 130);
+        assert_eq!(r.next_uncopied(0), None);
+        assert!(r.is_copied(77));
+    }
+}

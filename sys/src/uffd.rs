@@ -510,6 +510,22 @@ mod tests {
         );
     }
 
+    #[test]
+    fn messages_decode() {
+        let mut raw = [0u8; UFFD_MSG_SIZE];
+        raw[0] = UFFD_EVENT_PAGEFAULT;
+        raw[8..16]
+            .copy_from_slice(&(UFFD_PAGEFAULT_FLAG_WP | UFFD_PAGEFAULT_FLAG_WRITE).to_ne_bytes());
+        raw[16..24].copy_from_slice(&0x7f00_1234_5000u64.to_ne_bytes());
+        let m = UffdMsg::parse(&raw);
+        assert!(m.is_wp_fault());
+        assert_eq!(m.address, 0x7f00_1234_5000);
+        raw[8..16].copy_from_slice(&UFFD_PAGEFAULT_FLAG_WRITE.to_ne_bytes());
+        assert!(!UffdMsg::parse(&raw).is_wp_fault());
+        raw[0] = 0x15; // UFFD_EVENT_REMOVE
+        assert!(!UffdMsg::parse(&raw).is_wp_fault());
+    }
+
     /// Synchronous write protection: a write to a protected page blocks its thread until the
     /// reader has seen the fault and cleared the protection; the reader still sees the page as
     /// it was before the write.
