@@ -303,8 +303,11 @@ const FROZEN: ScanRequest = ScanRequest {
     return_mask: uffd::PAGE_IS_PRESENT | uffd::PAGE_IS_SWAPPED,
 };
 
+/// Why pages could not be copied, when their frozen contents left the address space.
+const GONE: &str = "it was unmapped, discarded, moved or replaced (or the task exited or execed)";
+
 fn lost(pid: i32, addr: u64, n: usize, why: &str) -> DumpError {
-    DumpError::Task {
+    DumpError::CowRace {
         pid,
         what: format!("memory at {addr:#x} ({n} pages) in the background copy (--cow)"),
         reason: format!(
@@ -340,7 +343,7 @@ impl CowProcess {
             }
         };
         if got != len {
-            return Err(lost(pid, addr, n, "it was unmapped"));
+            return Err(lost(pid, addr, n, GONE));
         }
         let kept = match uffd::scan(&self.pagemap, addr, addr + len as u64, &FROZEN) {
             Ok(r) => r.iter().map(|r| (r.end - r.start) / PAGE).sum::<u64>(),
@@ -348,12 +351,7 @@ impl CowProcess {
             Err(_) => 0,
         };
         if kept != n as u64 {
-            return Err(lost(
-                pid,
-                addr,
-                n,
-                "it was unmapped, discarded, moved or replaced (or the task exited or execed)",
-            ));
+            return Err(lost(pid, addr, n, GONE));
         }
         Ok(())
     }

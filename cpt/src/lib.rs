@@ -73,6 +73,15 @@ pub enum DumpError {
     Image(#[from] FormatError),
     #[error("{0}")]
     Options(String),
+    /// A background (`cow`) copy lost the race with the running tree: pages of the frozen
+    /// instant left the address space (unmapped, discarded, moved; the task exited or
+    /// execed) before they were copied. The image was removed; a new dump may succeed.
+    #[error("task {pid}: cannot dump {what}: {reason}")]
+    CowRace {
+        pid: i32,
+        what: String,
+        reason: String,
+    },
 }
 
 /// What to dump.
@@ -132,19 +141,48 @@ pub struct DumpStats {
     pub cow_pages_copied: u64,
     pub cow_pages_ahead_of_writes: u64,
     pub cow_copy_ms: f64,
+    /// Background dumps made (see [`COW_ATTEMPTS`]); the figures are those of the last.
+    pub cow_attempts: u32,
 }
 
 fn ms(since: Instant) -> f64 {
     since.elapsed().as_secs_f64() * 1000.0
 }
 
-/// Dumps the target into `opts.dir`, then kills, resumes or leaves it stopped.
+/// Background dumps `dump` makes before giving up when each loses the race with the tree
+/// ([`DumpError::CowRace`]).
+pub const COW_ATTEMPTS: u32 = 3;
+
+/// Dumps the target into `opts.dir`, then kills, resumes or leaves it stopped. With
+/// `opts.cow`, up to [`COW_ATTEMPTS`] background dumps.
 pub fn dump(opts: &DumpOptions) -> Result<DumpStats, DumpError> {
     if opts.cow {
-        let (_, frozen, copy) = dump_cow(opts)?;
-        // From here the tree runs; a failure of the copy removes the image and lets it run.
-        frozen.finish(FinalState::LeaveRunning)?;
-        return copy.complete();
+        // A process exiting (or unmapping memory) before its pages are copied spoils one
+        // attempt; the tree ran on meanwhile, so another instant is taken.
+        let mut attempt = 1;
+        loop {
+            let (_, frozen, copy) = dump_cow(opts)?;
+            // From here the tree runs; a failure of the copy removes the image and lets it run.
+            frozen.finish(FinalState::LeaveRunning)?;
+            match copy.complete() {
+                Err(e @ DumpError::CowRace { .. }) if attempt < COW_ATTEMPTS => {
+                    tracing::warn!(attempt, error = %e, "background copy lost a race; dumping again");
+                    attempt += 1;
+                }
+                Err(DumpError::CowRace { pid, what, reason }) => {
+                    return Err(DumpError::CowRace {
+                        pid,
+                        what,
+                        reason: format!("{reason} (attempt {attempt} of {COW_ATTEMPTS})"),
+                    })
+                }
+                Ok(mut stats) => {
+                    stats.cow_attempts = attempt;
+                    return Ok(stats);
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
     let t0 = Instant::now();
     let (mut stats, frozen) = dump_held(opts)?;

@@ -12,13 +12,13 @@
  *
  * Workload protocol (wl.h): ready once generation 0 is written; a check verifies the
  * invariant over the whole area (and that it moved since the last check: the process runs).
- * $VZCPT_CTL/progress holds the number of the last generation finished.
+ * $VZCPT_CTL/progress holds the number of the last generation finished (19 digits).
  * With WL_KERNEL_WRITES=1 the pages are written by the kernel: read(2) from a pipe into the
  * area (a write fault in kernel mode). With WL_REMAP=1, at the start of each generation the
  * last 4 MiB are replaced by a new mapping with the same contents (mremap MREMAP_FIXED): the
  * pages a background copy had not copied yet are gone from the address space it protected.
- * With WL_FORK=1 it forks a child every other generation that rewrites its copy of the first
- * 16 MiB with garbage and exits (a child's copy-on-write must not change the parent's pages).
+ * With WL_FORK=1 it forks a child every fourth generation that rewrites its copy of the
+ * first 4 MiB with garbage, lingers 1.5 s and exits (a child's copy-on-write must not change the parent's pages).
  */
 #include "wl.h"
 #include <stdint.h>
@@ -89,22 +89,32 @@ int main(int argc, char **argv)
     for (uint64_t i = 1; i < pages; i++)
         for (uint64_t j = 0; j < WORDS; j++)
             area[i * WORDS + j] = word(0, i, j);
+    /* Progress goes through a shared mapping of the file, never an open descriptor: a dump
+     * may come at any moment, and a descriptor of a file being renamed into place would name
+     * a path that is gone at the restore. */
+    char path[4200];
+    int fd = open(wl_path("progress", path, sizeof path), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (fd < 0 || ftruncate(fd, 20)) { perror("progress file"); return 2; }
+    char *progress = mmap(NULL, 20, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (progress == MAP_FAILED) { perror("mmap progress"); return 2; }
+    close(fd);
+    memcpy(progress, "0000000000000000000\n", 20);
     area[0] = 1UL << 32 | 1;
     wl_ready();
     for (uint64_t g = 1;; g++) {
-        if (forking && g % 2 == 0) {
+        if (forking && g % 4 == 0) {
             pid_t c = fork();
             if (c == 0) {
-                /* Keeps the first 16 MiB only (a child caught by a dump stays small),
-                 * rewrites them, lingers a little (so that it does not exit in the middle
-                 * of a background copy that caught it) and exits. */
-                size_t n = pages < 4096 ? pages : 4096;
+                /* Keeps the first 4 MiB only (a child caught by a dump stays small),
+                 * rewrites them, lingers (so that it seldom exits in the middle of a
+                 * background copy that caught it) and exits. */
+                size_t n = pages < 1024 ? pages : 1024;
                 if (n < pages)
                     munmap((void *)(area + n * WORDS), (pages - n) * PG);
                 for (uint64_t i = 1; i < n; i++)
                     for (uint64_t j = 0; j < WORDS; j++)
                         area[i * WORDS + j] = 0xdeadbeef;
-                struct timespec ts = {0, 300 * 1000 * 1000};
+                struct timespec ts = {1, 500 * 1000 * 1000};
                 nanosleep(&ts, NULL);
                 _exit(0);
             }
@@ -144,7 +154,7 @@ int main(int argc, char **argv)
             while (waitpid(-1, NULL, WNOHANG) > 0)
                 ;
         char buf[32];
-        snprintf(buf, sizeof buf, "%lu\n", (unsigned long)g);
-        wl_write_file("progress", buf);
+        snprintf(buf, sizeof buf, "%019lu\n", (unsigned long)g);
+        memcpy(progress, buf, 20);
     }
 }

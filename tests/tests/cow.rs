@@ -45,7 +45,7 @@ check() {
     done
     fail "check $SEQ ($1): no answer"
 }
-progress() { cat "$VZCPT_CTL/progress" 2>/dev/null || echo 0; }
+progress() { local v; v=$(cat "$VZCPT_CTL/progress" 2>/dev/null); echo $((10#${v:-0})); }
 # moves: the writer finishes generations (it is not blocked).
 moves() {
     local a; a=$(progress)
@@ -68,7 +68,8 @@ out=$("$VZCPT" dump -t $P -D "$WORK/img" --leave-running --cow --json 2>"$WORK/d
 copied=$(echo "$out" | json cow_pages_copied)
 ahead=$(echo "$out" | json cow_pages_ahead_of_writes)
 frozen=$(echo "$out" | json frozen_ms)
-echo "{mib} MiB: frozen $frozen ms, $copied pages copied in the background, $ahead ahead of a write"
+attempts=$(echo "$out" | json cow_attempts)
+echo "{mib} MiB: frozen $frozen ms, $copied pages copied in the background, $ahead ahead of a write, attempt $attempts"
 [ "$copied" -ge $(( {mib} * 256 * 9 / 10 )) ] || fail "only $copied pages copied in the background"
 [ "$ahead" -gt 0 ] || fail "no write fault was served: the writer did not run during the copy"
 kill -0 $P || fail "the writer died"
@@ -115,9 +116,10 @@ check "restored from the background dump of the cgroup"
 echo OK
 "#;
 
-/// Pages replaced (mremap over them) before the copy reached them: the dump fails naming the
-/// task and the memory, leaves no image, and the writer runs on; or, when the copy got there
-/// first, the image is one instant like any other. Three dumps in a row, either way each.
+/// Pages replaced (mremap over them) before the copy reached them: the dump (after its
+/// attempts, each spoilt the same way) fails naming the task and the memory, leaves no image,
+/// and the writer runs on; or, when the copy got there first, the image is one instant like
+/// any other. Three dumps in a row, either way each.
 const REMAPPED: &str = r#"
 start 64 WL_REMAP=1
 for n in 1 2 3; do

@@ -100,8 +100,11 @@ pub fn run(a: &DumpArgs) -> anyhow::Result<i32> {
         );
         if a.cow {
             eprintln!(
-                "background copy: {} pages in {:.1} ms, {} of them ahead of a write",
-                stats.cow_pages_copied, stats.cow_copy_ms, stats.cow_pages_ahead_of_writes
+                "background copy: {} pages in {:.1} ms, {} of them ahead of a write (attempt {})",
+                stats.cow_pages_copied,
+                stats.cow_copy_ms,
+                stats.cow_pages_ahead_of_writes,
+                stats.cow_attempts
             );
         }
     }
