@@ -116,6 +116,9 @@ struct CowProcess {
 #[derive(Default)]
 pub struct CowPlan {
     uffds: HashMap<i32, OwnedFd>,
+    /// Set up before the stop (see [`Prearmed`]); its release thread is stopped at the first
+    /// [`CowPlan::arm`], once the tree is stopped.
+    prearmed: Option<Prearmed>,
     processes: Vec<CowProcess>,
     /// Pages left to the background copy.
     pub pages_deferred: u64,
@@ -139,9 +142,26 @@ fn task_err(pid: i32, what: impl Into<String>, e: &SysError) -> DumpError {
 }
 
 impl CowPlan {
-    /// Gives stopped process `pid` its userfaultfd (synchronous write protection). Must run
+    /// A plan that takes over the userfaultfds (and protections) of `prearmed`.
+    pub fn with_prearmed(prearmed: Option<Prearmed>) -> CowPlan {
+        CowPlan {
+            prearmed,
+            ..Default::default()
+        }
+    }
+
+    /// Gives stopped process `pid` its userfaultfd (synchronous write protection): the one it
+    /// got before the stop if it is still its address space's, else a new one. Must run
     /// while it can still execute injected syscalls (before its cgroup is frozen around it).
     pub fn arm(&mut self, pid: i32) -> Result<(), DumpError> {
+        if let Some(pre) = self.prearmed.as_mut() {
+            if let Some((st, fd)) = pre.uffds.remove(&pid) {
+                if start_time(pid) == Some(st) && mm_alive(&fd) {
+                    self.uffds.insert(pid, fd);
+                    return Ok(());
+                }
+            }
+        }
         let fd = crate::track::take_userfaultfd(pid, false).map_err(|e| match e {
             DumpError::Task { pid, reason, .. } if reason.contains("EPERM") => DumpError::Task {
                 pid,
@@ -168,6 +188,13 @@ impl CowPlan {
         image_pid: i32,
         m: &MapsLine,
     ) -> Result<bool, DumpError> {
+        if let Some(pre) = self.prearmed.as_mut() {
+            // Every injected syscall is done: no task of the tree runs any more, so no write
+            // can fault, and a page released from here on would escape the scan below. (Until
+            // now a task running injected code could write, e.g. the kernel updating its
+            // rseq area on the way back to user mode, and must not wait for nobody.)
+            pre.stop_releasing();
+        }
         let Some(fd) = self.uffds.get(&pid) else {
             return Ok(false);
         };
@@ -203,12 +230,20 @@ impl CowPlan {
         // guard): one `PAGEMAP_SCAN` walk, far cheaper than reading the pagemap entries.
         let held = uffd::scan(&p.pagemap, m.start, m.end, &HOLDS_DATA)
             .map_err(|e| task_err(pid, format!("pages at {:#x}-{:#x}", m.start, m.end), &e))?;
-        let mut runs = Vec::new();
+        let mut runs: Vec<Run> = Vec::new();
         for r in &held {
             let mut at = r.start;
             while at < r.end {
                 let n = (((r.end - at) / PAGE) as usize).min(MAX_RUN);
-                runs.push(Run::new(at, n));
+                match runs.last_mut() {
+                    // Regions differ by their protection only: one run if they touch.
+                    Some(last)
+                        if last.addr + last.n as u64 * PAGE == at && last.n + n <= MAX_RUN =>
+                    {
+                        *last = Run::new(last.addr, last.n + n)
+                    }
+                    _ => runs.push(Run::new(at, n)),
+                }
                 at += n as u64 * PAGE;
             }
         }
@@ -217,8 +252,8 @@ impl CowPlan {
             // Nothing to copy: whatever is written there later is not of the frozen instant.
             return Ok(true);
         }
-        let len = m.end - m.start;
-        if let Err(e) = uffd::register_wp(&p.uffd, m.start, len) {
+        // Registering again what is registered already (before the stop) changes nothing.
+        if let Err(e) = uffd::register_wp(&p.uffd, m.start, m.end - m.start) {
             debug!(
                 pid,
                 area = format!("{:#x}-{:#x}", m.start, m.end),
@@ -228,16 +263,22 @@ impl CowPlan {
             return Ok(false);
         }
         let registered = t.elapsed();
-        // A page-table walk: about 0.3 µs a page on this (loaded, virtual) machine, tens of
-        // ms a GiB, the one part of the stopped time that grows with the memory (threads in
-        // parallel gained nothing here).
-        uffd::writeprotect(&p.uffd, m.start, len, true).map_err(|e| {
-            task_err(
-                pid,
-                format!("write protection of {:#x}-{:#x}", m.start, m.end),
-                &e,
-            )
-        })?;
+        // Only the pages holding data and not protected yet: all of them for an area new
+        // since the protection made before the stop, those written since for the others. A
+        // page-table walk: about 0.3 µs a page on this (loaded, virtual) machine, tens of ms
+        // a GiB, when it is the whole area.
+        for r in held
+            .iter()
+            .filter(|r| r.categories & uffd::PAGE_IS_WRITTEN != 0)
+        {
+            uffd::writeprotect(&p.uffd, r.start, r.end - r.start, true).map_err(|e| {
+                task_err(
+                    pid,
+                    format!("write protection of {:#x}-{:#x}", r.start, r.end),
+                    &e,
+                )
+            })?;
+        }
         let pages: u64 = runs.iter().map(|r| r.n as u64).sum();
         debug!(
             pid,
@@ -258,6 +299,174 @@ impl CowPlan {
     }
 }
 
+/// `/proc/PID/stat` field 22 (start time in clock ticks): tells a reused PID.
+fn start_time(pid: i32) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &text[text.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Whether the address space a userfaultfd was made in still exists (not after an exec):
+/// `UFFDIO_WRITEPROTECT` says `ESRCH` before looking at the range, so clearing the
+/// protection of a page nobody maps (the lowest `mmap` may map) tells.
+fn mm_alive(fd: &OwnedFd) -> bool {
+    let low = std::fs::read_to_string("/proc/sys/vm/mmap_min_addr")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .unwrap_or(65536)
+        .next_multiple_of(PAGE)
+        .max(PAGE);
+    !matches!(
+        uffd::writeprotect(fd, low, PAGE, false),
+        Err(SysError::Syscall {
+            source: Errno::ESRCH,
+            ..
+        })
+    )
+}
+
+/// The costly part of the protection, done before the stop: every process gets its
+/// userfaultfd (the tree stopped a moment for the injected syscalls, as `track` does) and
+/// its private anonymous areas are registered and write-protected while the tree runs. A
+/// write meanwhile faults, and a thread lets it through at once (clearing that page's
+/// protection). At the stop, [`CowPlan::arm`] takes the descriptors over and
+/// [`CowPlan::defer_area`] protects only the pages written since, and areas new since. So
+/// the stop no longer walks every page table entry to protect it.
+pub struct Prearmed {
+    /// By host PID: (start time, descriptor).
+    uffds: HashMap<i32, (u64, OwnedFd)>,
+    stop: std::sync::Arc<AtomicBool>,
+    releaser: Option<std::thread::JoinHandle<()>>,
+    /// How long the tree was stopped for it.
+    pub stopped_ms: f64,
+}
+
+impl Prearmed {
+    /// Arms the tree of `target` (see the type's docs). Every failure lets the tree go.
+    pub fn arm(target: &crate::Target) -> Result<Prearmed, DumpError> {
+        let t0 = Instant::now();
+        let frozen = match target {
+            crate::Target::Tree(pid) => crate::seize::Frozen::seize_tree(sys::Pid::from_raw(*pid))?,
+            crate::Target::Cgroup(path) => {
+                crate::seize::Frozen::seize_cgroup(&crate::freeze::Freezer::for_cgroup(path)?)?
+            }
+        };
+        frozen.block_signals()?;
+        let mut uffds = HashMap::new();
+        for p in frozen.alive() {
+            let pid = p.pid.as_raw();
+            let Some(st) = start_time(pid) else { continue };
+            let fd = crate::track::take_userfaultfd(pid, false)?;
+            uffd::api(&fd, 0).map_err(|e| task_err(pid, "a userfaultfd (UFFDIO_API)", &e))?;
+            uffds.insert(pid, (st, fd));
+        }
+        frozen.finish(crate::FinalState::LeaveRunning)?;
+        let stopped_ms = ms(t0);
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let mut fds = Vec::new();
+        for (&pid, (_, fd)) in &uffds {
+            fds.push((
+                pid,
+                fd.try_clone().map_err(|source| DumpError::Io {
+                    op: "duplicate the userfaultfd of",
+                    path: format!("/proc/{pid}").into(),
+                    source,
+                })?,
+            ));
+        }
+        let releasing = stop.clone();
+        let releaser = std::thread::Builder::new()
+            .name("cow-release".into())
+            .spawn(move || release_all(&fds, &releasing))
+            .map_err(|source| DumpError::Io {
+                op: "start the release thread for",
+                path: "the background copy".into(),
+                source,
+            })?;
+        let pre = Prearmed {
+            uffds,
+            stop,
+            releaser: Some(releaser),
+            stopped_ms,
+        };
+        // Registered and protected while the tree runs. An area the kernel refuses, or one
+        // that changes meanwhile, is handled at the stop.
+        for (&pid, (_, fd)) in &pre.uffds {
+            let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/maps")) else {
+                continue;
+            };
+            for m in crate::proc::parse_maps(&text).unwrap_or_default() {
+                let anon = matches!(m.path.as_str(), "" | "[heap]" | "[stack]")
+                    || m.path.starts_with("[anon:");
+                if m.shared || !m.read || !anon {
+                    continue;
+                }
+                let len = m.end - m.start;
+                if uffd::register_wp(fd, m.start, len).is_ok() {
+                    let _ = uffd::writeprotect(fd, m.start, len, true);
+                }
+            }
+        }
+        debug!(
+            processes = pre.uffds.len(),
+            stopped_ms, "background copy prearmed"
+        );
+        Ok(pre)
+    }
+
+    /// Stops the release thread (idempotent). Faults queued after it are served by the copy.
+    fn stop_releasing(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.releaser.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Prearmed {
+    fn drop(&mut self) {
+        self.stop_releasing();
+    }
+}
+
+/// Before the stop: lets every write fault through at once.
+fn release_all(fds: &[(i32, OwnedFd)], stop: &AtomicBool) {
+    while !stop.load(Ordering::Relaxed) {
+        let mut polled: Vec<PollFd> = fds
+            .iter()
+            .map(|(_, fd)| PollFd::new(fd.as_fd(), PollFlags::POLLIN))
+            .collect();
+        match poll(&mut polled, PollTimeout::from(10u16)) {
+            Ok(0) | Err(Errno::EINTR) => continue,
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "release thread: poll failed");
+                return;
+            }
+        }
+        let ready: Vec<bool> = polled
+            .iter()
+            .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
+            .collect();
+        for ((pid, fd), _) in fds.iter().zip(ready).filter(|(_, r)| *r) {
+            let msgs = match uffd::read_msgs(fd, MSGS) {
+                Ok(m) => m,
+                Err(e) => {
+                    debug!(pid, error = %e, "release thread: read failed");
+                    continue;
+                }
+            };
+            for m in msgs.iter().filter(|m| m.is_wp_fault()) {
+                let page = m.address & !(PAGE - 1);
+                if let Err(e) = uffd::writeprotect(fd, page, PAGE, false) {
+                    debug!(pid, page, error = %e, "cannot clear write protection");
+                    let _ = uffd::wake(fd, page, PAGE);
+                }
+            }
+        }
+    }
+}
+
 /// Pages that hold data: present or swapped (a swap entry that is no page, such as a
 /// guard, left out), not the shared zero page.
 const HOLDS_DATA: ScanRequest = ScanRequest {
@@ -265,7 +474,7 @@ const HOLDS_DATA: ScanRequest = ScanRequest {
     category_inverted: uffd::PAGE_IS_PFNZERO | uffd::PAGE_IS_GUARD,
     category_mask: uffd::PAGE_IS_PFNZERO | uffd::PAGE_IS_GUARD,
     category_anyof_mask: uffd::PAGE_IS_PRESENT | uffd::PAGE_IS_SWAPPED,
-    return_mask: uffd::PAGE_IS_PRESENT | uffd::PAGE_IS_SWAPPED,
+    return_mask: uffd::PAGE_IS_PRESENT | uffd::PAGE_IS_SWAPPED | uffd::PAGE_IS_WRITTEN,
 };
 
 /// The rest of a background dump, once the tree runs again: see [`CowCopy::complete`].
