@@ -2,16 +2,25 @@
 //! private anonymous memory is copied after it runs again, and the image still holds that
 //! memory exactly as it was at the frozen instant (as QEMU's background snapshot does).
 //!
-//! While the tree is stopped ([`CowPlan`]):
-//! - every process gets a userfaultfd (created inside it by a remote syscall, taken with
-//!   `pidfd_getfd`, closed there: see `track::take_userfaultfd`) in *synchronous*
-//!   write-protect mode, able to catch the kernel's own writes too (`read(2)` into a buffer):
-//!   not `UFFD_USER_MODE_ONLY`, so the process needs `CAP_SYS_PTRACE` (or
-//!   `vm.unprivileged_userfaultfd`);
-//! - each readable private anonymous area is registered and write-protected, and its pages
-//!   that hold data (present or swapped) are noted: those, and only those, are copied later.
-//!   Pages that were empty then are empty in the image, whatever the tree writes there later.
-//!   Areas the kernel refuses to register, private file mappings (their copied-on-write pages
+//! Before the stop ([`Prearmed`]): every process gets a userfaultfd (created inside it by a
+//! remote syscall during a short stop, taken with `pidfd_getfd`, closed there: see
+//! `track::take_userfaultfd`) in *synchronous* write-protect mode, able to catch the kernel's
+//! own writes too (`read(2)` into a buffer, the kernel's rseq updates): not
+//! `UFFD_USER_MODE_ONLY`, so the process needs `CAP_SYS_PTRACE` (or
+//! `vm.unprivileged_userfaultfd`). Then, while the tree runs, its readable private anonymous
+//! areas are registered and write-protected (a page-table walk that costs tens of ms a GiB),
+//! and a thread lets every write fault through at once, clearing that page's protection.
+//!
+//! While the tree is stopped ([`CowPlan`]), once every injected syscall is done (until then
+//! a task running injected code may fault, and the thread above must still serve it):
+//! - each readable private anonymous area is registered (again: a no-op for those registered
+//!   before), its pages that hold data (present or swapped, not the zero page) are listed by
+//!   one `PAGEMAP_SCAN`, and those of them that are not write-protected (written since, or in
+//!   an area new since) are protected now: so the stop's work no longer grows with the
+//!   protected memory, only with what changed since. The listed pages, and only those, are
+//!   copied later: pages empty then are empty in the image, whatever the tree writes there.
+//!   A process new since (or execed) gets its userfaultfd now.
+//! - Areas the kernel refuses to register, private file mappings (their copied-on-write pages
 //!   are few), shared memory, tmpfs and the rest are stored while stopped, as by a plain dump.
 //!
 //! After the thaw ([`CowCopy::complete`]) a copier (the calling thread) reads the noted pages

@@ -209,9 +209,11 @@ pub fn dump_held(opts: &DumpOptions) -> Result<(DumpStats, seize::Frozen), DumpE
     Ok((stats, frozen))
 }
 
-/// A background (copy-on-write) dump, first half: returns with the tree still stopped, every
-/// record but the pagemap written, and its private anonymous memory write-protected (the
-/// caller may take a file-system snapshot at this instant). The caller then calls
+/// A background (copy-on-write) dump, first half: stops the tree a moment to give each
+/// process its userfaultfd and write-protects its memory while it runs (see [`cow`]), then
+/// stops it for the dump and returns with the tree still stopped, every record but the
+/// pagemap written, and its private anonymous memory write-protected (the caller may take a
+/// file-system snapshot at this instant). The caller then calls
 /// `frozen.finish(FinalState::LeaveRunning)` and, right after, [`cow::CowCopy::complete`],
 /// which copies the memory while the tree runs and commits the image. Dropping the
 /// [`cow::CowCopy`] instead removes the image and clears the protection. `opts.cow` must be

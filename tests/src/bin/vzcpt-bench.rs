@@ -236,10 +236,10 @@ impl Bench {
             self.reaper.wait(pid, Duration::from_secs(10)).ok();
         }
         println!(
-            "| {mb} MiB, {} | {:.1} ms (seize {:.1} ms) | {:.0} ms | {:.0} ms, {} pages, {} ahead of a write | {wall:.0} ms{checked} |",
+            "| {mb} MiB, {} | {:.1} ms (+ {:.1} ms before) | {:.0} ms | {:.0} ms, {} pages, {} ahead of a write | {wall:.0} ms{checked} |",
             if writer.is_some() { "rewritten all the time" } else { "idle" },
             json_f64(&d, "frozen_ms"),
-            json_f64(&d, "freeze_ms"),
+            json_f64(&d, "cow_prearm_stopped_ms"),
             json_f64(&plain, "freeze_ms") + json_f64(&plain, "frozen_ms"),
             json_f64(&d, "cow_copy_ms"),
             json_f64(&d, "cow_pages_copied"),
