@@ -6,6 +6,7 @@
 //! image (see [`images_format::ImageWriter`]).
 #![forbid(unsafe_code)]
 
+pub mod cow;
 pub mod events;
 pub mod files;
 pub mod freeze;
@@ -73,6 +74,17 @@ pub enum DumpError {
     Sys(#[from] SysError),
     #[error("cannot write the image")]
     Image(#[from] FormatError),
+    #[error("{0}")]
+    Options(String),
+    /// A background (`cow`) copy lost the race with the running tree: pages of the frozen
+    /// instant left the address space (unmapped, discarded, moved; the task exited or
+    /// execed) before they were copied. The image was removed; a new dump may succeed.
+    #[error("task {pid}: cannot dump {what}: {reason}")]
+    CowRace {
+        pid: i32,
+        what: String,
+        reason: String,
+    },
 }
 
 /// What to dump.
@@ -102,6 +114,12 @@ pub struct DumpOptions {
     /// dumper killed halfway left. `None`: no journal (a dumper killed halfway leaves its
     /// tree with every signal blocked and its TCP connections in repair mode).
     pub journal: Option<PathBuf>,
+    /// Background (copy-on-write) memory dump (see [`cow`]): the tree is stopped only for its
+    /// small state; its private anonymous memory is write-protected, the tree resumed, and the
+    /// memory copied while it runs, each page before the tree first writes it. The image holds
+    /// the memory of the frozen instant. Needs `final_state` `LeaveRunning`; not with
+    /// `sent_pages`.
+    pub cow: bool,
 }
 
 /// Figures of one dump, printed by `vzcpt dump --json`.
@@ -118,18 +136,35 @@ pub struct DumpStats {
     /// incremental dump.
     pub pages_in_parent: u64,
     pub freeze_ms: f64,
+    /// Time the tree was stopped for the dump. With `cow`, from the start of the seize to the
+    /// thaw.
     pub frozen_ms: f64,
     pub total_ms: f64,
     /// Figures of `--track-mem` / `--parent` (see [`dump_incremental`]).
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     pub incremental: Option<incremental::IncrementalStats>,
+    /// With `cow`: pages copied after the thaw, those of them copied because the tree was
+    /// about to write them (a write fault served), and the time the copy took.
+    pub cow_pages_copied: u64,
+    pub cow_pages_ahead_of_writes: u64,
+    pub cow_copy_ms: f64,
+    /// Background dumps made (see [`COW_ATTEMPTS`]); the figures are those of the last.
+    pub cow_attempts: u32,
+    /// With `cow`: the short stop before the dump's, in which each process gets its
+    /// userfaultfd (injected syscalls); its memory is write-protected after it, while it runs.
+    pub cow_prearm_stopped_ms: f64,
 }
 
 fn ms(since: Instant) -> f64 {
     since.elapsed().as_secs_f64() * 1000.0
 }
 
-/// Dumps the target into `opts.dir`, then kills, resumes or leaves it stopped.
+/// Background dumps `dump` makes before giving up when each loses the race with the tree
+/// ([`DumpError::CowRace`]).
+pub const COW_ATTEMPTS: u32 = 3;
+
+/// Dumps the target into `opts.dir`, then kills, resumes or leaves it stopped. With
+/// `opts.cow`, up to [`COW_ATTEMPTS`] background dumps.
 pub fn dump(opts: &DumpOptions) -> Result<DumpStats, DumpError> {
     dump_incremental(opts, &incremental::IncrementalOptions::default())
 }
@@ -139,6 +174,41 @@ pub fn dump_incremental(
     opts: &DumpOptions,
     inc: &incremental::IncrementalOptions,
 ) -> Result<DumpStats, DumpError> {
+    if opts.cow {
+        if inc.track_mem || inc.parent.is_some() {
+            return Err(DumpError::Options(
+                "a background (cow) dump stores every page: it cannot be incremental \
+                 (--track-mem, --parent)"
+                    .into(),
+            ));
+        }
+        // A process exiting (or unmapping memory) before its pages are copied spoils one
+        // attempt; the tree ran on meanwhile, so another instant is taken.
+        let mut attempt = 1;
+        loop {
+            let (_, frozen, copy) = dump_cow(opts)?;
+            // From here the tree runs; a failure of the copy removes the image and lets it run.
+            frozen.finish(FinalState::LeaveRunning)?;
+            match copy.complete() {
+                Err(e @ DumpError::CowRace { .. }) if attempt < COW_ATTEMPTS => {
+                    tracing::warn!(attempt, error = %e, "background copy lost a race; dumping again");
+                    attempt += 1;
+                }
+                Err(DumpError::CowRace { pid, what, reason }) => {
+                    return Err(DumpError::CowRace {
+                        pid,
+                        what,
+                        reason: format!("{reason} (attempt {attempt} of {COW_ATTEMPTS})"),
+                    })
+                }
+                Ok(mut stats) => {
+                    stats.cow_attempts = attempt;
+                    return Ok(stats);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
     let t0 = Instant::now();
     let (mut stats, frozen) = dump_held_with(opts, inc)?;
     // Only a complete image lets the tree go (killed, resumed or left stopped).
@@ -152,6 +222,11 @@ pub fn dump_incremental(
 /// destination commits or aborts); dropping it resumes the tree. `opts.final_state` is not
 /// applied; `total_ms` and `frozen_ms` count up to the complete image.
 pub fn dump_held(opts: &DumpOptions) -> Result<(DumpStats, seize::Frozen), DumpError> {
+    if opts.cow {
+        return Err(DumpError::Options(
+            "a background (cow) dump goes through dump_cow, not dump_held".into(),
+        ));
+    }
     dump_held_with(opts, &incremental::IncrementalOptions::default())
 }
 
@@ -159,6 +234,58 @@ fn dump_held_with(
     opts: &DumpOptions,
     inc_opts: &incremental::IncrementalOptions,
 ) -> Result<(DumpStats, seize::Frozen), DumpError> {
+    let (stats, frozen, _) = dump_stopped(opts, inc_opts, None)?;
+    Ok((stats, frozen))
+}
+
+/// A background (copy-on-write) dump, first half: stops the tree a moment to give each
+/// process its userfaultfd and write-protects its memory while it runs (see [`cow`]), then
+/// stops it for the dump and returns with the tree still stopped, every record but the
+/// pagemap written, and its private anonymous memory write-protected (the caller may take a
+/// file-system snapshot at this instant). The caller then calls
+/// `frozen.finish(FinalState::LeaveRunning)` and, right after, [`cow::CowCopy::complete`],
+/// which copies the memory while the tree runs and commits the image. Dropping the
+/// [`cow::CowCopy`] instead removes the image and clears the protection. `opts.cow` must be
+/// set, with `final_state` `LeaveRunning` and no `sent_pages`.
+pub fn dump_cow(opts: &DumpOptions) -> Result<(DumpStats, seize::Frozen, cow::CowCopy), DumpError> {
+    if !opts.cow {
+        return Err(DumpError::Options("dump_cow needs DumpOptions::cow".into()));
+    }
+    if opts.final_state != FinalState::LeaveRunning {
+        return Err(DumpError::Options(
+            "a background (cow) dump copies memory while the tree runs: it needs \
+             --leave-running"
+                .into(),
+        ));
+    }
+    if opts.sent_pages.is_some() {
+        return Err(DumpError::Options(
+            "a background (cow) dump stores every page: it cannot refer to pages a \
+             migration destination holds (sent_pages)"
+                .into(),
+        ));
+    }
+    // Write protection is set up while the tree runs, then completed while it is stopped.
+    let prearmed = cow::Prearmed::arm(&opts.target)?;
+    let prearm_ms = prearmed.stopped_ms;
+    let (stats, frozen, copy) = dump_stopped(
+        opts,
+        &incremental::IncrementalOptions::default(),
+        Some(prearmed),
+    )?;
+    let mut copy =
+        copy.ok_or_else(|| DumpError::Tree("the background copy was not set up".into()))?;
+    copy.stats.cow_prearm_stopped_ms = prearm_ms;
+    Ok((stats, frozen, copy))
+}
+
+/// The dump while the tree is stopped; with `cow`, the memory left to the background copy
+/// and the image (not committed) go into the returned [`cow::CowCopy`].
+fn dump_stopped(
+    opts: &DumpOptions,
+    inc_opts: &incremental::IncrementalOptions,
+    cow: Option<cow::Prearmed>,
+) -> Result<(DumpStats, seize::Frozen, Option<cow::CowCopy>), DumpError> {
     let t0 = Instant::now();
     // The parent chain is read and its keeper's descriptors taken before the freeze.
     let mut inc = if inc_opts.track_mem || inc_opts.parent.is_some() {
@@ -188,10 +315,14 @@ fn dump_held_with(
     // Remote syscalls first, for every process: the scratch page they use is gone before
     // memory is read, and once they are done the cgroup can freeze around the tree.
     let mut remote = HashMap::new();
+    let mut cow_plan = cow.map(|pre| cow::CowPlan::with_prearmed(Some(pre)));
     for p in frozen.alive() {
         remote.insert(p.pid.as_raw(), task::dump_process(p)?);
         if let Some(inc) = inc.as_mut() {
             inc.arm(p.pid.as_raw());
+        }
+        if let Some(plan) = cow_plan.as_mut() {
+            plan.arm(p.pid.as_raw())?;
         }
     }
     if let Target::Cgroup(path) = &opts.target {
@@ -251,6 +382,7 @@ fn dump_held_with(
             let mut mem = memory::MemDumper::new(&sink);
             mem.sent_pages = opts.sent_pages.as_ref();
             mem.incremental = inc.as_ref();
+            mem.cow = cow_plan.take();
             // The VE's own IPC namespace: its objects once, and SysV attachments by id.
             let ipc = if namespaces.own.contains(&images_format::ns::NsKind::Ipc) {
                 let root = frozen.root().as_raw();
@@ -335,6 +467,7 @@ fn dump_held_with(
                 std::mem::take(&mut mem.parent_runs),
                 ipc,
                 tmpfs_image,
+                mem.cow.take(),
             ))
         })();
         drop(sink);
@@ -345,15 +478,22 @@ fn dump_held_with(
     });
     // The writer's own error explains a failed send better than the send does.
     let stored = stored?;
-    let (mem_stats, shmem, parent_runs, ipc, tmpfs_image) = collected?;
+    let (mem_stats, shmem, parent_runs, ipc, tmpfs_image, cow_plan) = collected?;
     if sys::fault::hit("dump.after-pages") {
         return Err(DumpError::Tree(sys::fault::message("dump.after-pages")));
     }
     mm.shmem = shmem;
-    let entries = stored.entries;
-    let index = store.finish()?;
-    stats.pages_bytes_stored = index.chunks.iter().map(|c| c.stored_len as u64).sum();
-    stats.pages_scanned = mem_stats.pages_scanned;
+    let mut entries = Some(stored.entries);
+    // A background dump goes on storing pages after the thaw.
+    let (index, store) = match cow_plan {
+        Some(_) => (None, Some(store)),
+        None => (Some(store.finish()?), None),
+    };
+    if let Some(index) = &index {
+        stats.pages_bytes_stored = index.chunks.iter().map(|c| c.stored_len as u64).sum();
+    }
+    stats.pages_scanned =
+        mem_stats.pages_scanned + cow_plan.as_ref().map_or(0, |c| c.pages_scanned);
     stats.pages_in_parent = mem_stats.pages_in_parent;
     stats.pages_stored = stored.pages_stored;
     // Pages equal to the parent's were zeroed for the sink to leave them out.
@@ -395,10 +535,12 @@ fn dump_held_with(
     writer.write(&pstree)?;
     writer.write(&core)?;
     writer.write(&mm)?;
-    writer.write(&PagemapImage {
-        store: index,
-        entries,
-    })?;
+    if let (Some(index), Some(entries)) = (index, entries.as_mut()) {
+        writer.write(&PagemapImage {
+            store: index,
+            entries: std::mem::take(entries),
+        })?;
+    }
     writer.write(&FilesImage {
         descs: files.descs,
         tables: files.tables,
@@ -438,6 +580,20 @@ fn dump_held_with(
     if sys::fault::hit("dump.before-commit") {
         return Err(DumpError::Tree(sys::fault::message("dump.before-commit")));
     }
+    if let (Some(plan), Some(store)) = (cow_plan, store) {
+        let copy = cow::CowCopy {
+            writer,
+            store,
+            entries: entries.unwrap_or_default(),
+            compress: opts.compress,
+            plan,
+            stats: stats.clone(),
+            t0,
+        };
+        stats.frozen_ms = ms(t_frozen);
+        stats.total_ms = ms(t0);
+        return Ok((stats, frozen, Some(copy)));
+    }
     writer.commit()?;
     if sys::fault::hit("dump.before-rearm") {
         return Err(DumpError::Tree(sys::fault::message("dump.before-rearm")));
@@ -456,7 +612,7 @@ fn dump_held_with(
         store_ms = mem_stats.store_ns / 1_000_000,
         "dump complete"
     );
-    Ok((stats, frozen))
+    Ok((stats, frozen, None))
 }
 
 /// PIDs as the image records them: those of the root's own PID namespace when the root is its

@@ -82,6 +82,9 @@ pub struct MemDumper<'a> {
     pub incremental: Option<&'a crate::incremental::Incremental>,
     /// The parent chunk read last, for comparisons.
     parent_cache: crate::incremental::ParentCache,
+    /// A background dump (`crate::cow`): readable private anonymous areas are registered
+    /// and write-protected instead of read, and copied once the tree runs again.
+    pub cow: Option<crate::cow::CowPlan>,
 }
 
 fn io(
@@ -141,6 +144,7 @@ impl<'a> MemDumper<'a> {
             parent_runs: Vec::new(),
             incremental: None,
             parent_cache: Default::default(),
+            cow: None,
         }
     }
 
@@ -234,6 +238,12 @@ impl<'a> MemDumper<'a> {
                 | if m.write { libc::PROT_WRITE } else { 0 }
                 | if m.exec { libc::PROT_EXEC } else { 0 }) as u32;
             match &kind {
+                VmaKind::Anon
+                    if m.read
+                        && match self.cow.as_mut() {
+                            Some(plan) => plan.defer_area(pid, image_pid, m)?,
+                            None => false,
+                        } => {}
                 VmaKind::Anon if self.incremental.is_some_and(|i| i.has_parent()) => {
                     self.dump_anon_incremental(pid, &pagemap, &mut mem, m)?
                 }

@@ -259,12 +259,18 @@ fn gaps(start: u64, end: u64, covered: &[(u64, u64)]) -> Vec<(u64, u64)> {
 
 /// Creates a userfaultfd inside stopped process `pid` and takes it out. The descriptor is
 /// closed in the process before this returns, whatever happens after its creation.
-fn take_userfaultfd(pid: i32) -> Result<OwnedFd, DumpError> {
-    let what = "a userfaultfd for written-page tracking";
+/// `user_mode_only` (enough for asynchronous protection) needs no privilege; without it (a
+/// synchronous reader must also catch the kernel's own writes, e.g. `read(2)` into a
+/// protected buffer) the process needs `CAP_SYS_PTRACE` or `vm.unprivileged_userfaultfd`.
+pub(crate) fn take_userfaultfd(pid: i32, user_mode_only: bool) -> Result<OwnedFd, DumpError> {
+    let what = "a userfaultfd";
     let pidfd =
         sys::syscalls::pidfd_open(Pid::from_raw(pid)).map_err(|e| task_err(pid, what, &e))?;
     let mut remote = RemoteTask::at_rip(Pid::from_raw(pid)).map_err(|e| task_err(pid, what, &e))?;
-    let flags = (libc::O_CLOEXEC | libc::O_NONBLOCK) as u64 | uffd::UFFD_USER_MODE_ONLY;
+    let mut flags = (libc::O_CLOEXEC | libc::O_NONBLOCK) as u64;
+    if user_mode_only {
+        flags |= uffd::UFFD_USER_MODE_ONLY;
+    }
     let fd = match remote.syscall_ok("userfaultfd", libc::SYS_userfaultfd, [flags, 0, 0, 0, 0, 0]) {
         Ok(fd) => fd,
         Err(e) => {
@@ -286,7 +292,7 @@ fn arm_process(pid: i32) -> Result<Tracked, DumpError> {
     let start_time =
         start_time(pid).ok_or_else(|| DumpError::Tree(format!("task {pid} is gone")))?;
     let ve_pid = ve_pid(pid)?;
-    let uffd = take_userfaultfd(pid)?;
+    let uffd = take_userfaultfd(pid, true)?;
     uffd::api(
         &uffd,
         uffd::UFFD_FEATURE_WP_ASYNC | uffd::UFFD_FEATURE_WP_UNPOPULATED,

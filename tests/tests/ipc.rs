@@ -884,6 +884,7 @@ fn host_attachment_fails_the_dump() -> R<()> {
         tcp_established: false,
         sent_pages: None,
         journal: None,
+        cow: false,
     };
     match cpt::dump(&opts) {
         Ok(_) => return Err("the dump succeeded".into()),

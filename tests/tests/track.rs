@@ -453,6 +453,7 @@ fn final_dump(h: &Helper, t: &Tracker, dir: &Path) -> R<(Pages, Pages, cpt::Dump
         tcp_established: false,
         sent_pages: Some(t.sent()),
         journal: None,
+        cow: false,
     };
     let stats = cpt::dump(&opts).map_err(|e| format!("final dump: {}", chain(&e)))?;
     let d = ImageDir::open(dir).map_err(err("open the image"))?;

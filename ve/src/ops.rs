@@ -494,6 +494,7 @@ pub(crate) fn dump_locked(
         tcp_established: true,
         sent_pages,
         journal: Some(journal),
+        cow: false,
     })
     .map_err(|source| {
         if net::configured(&cfg) {

@@ -44,12 +44,27 @@ pub struct DumpArgs {
     /// tasks of the tree are always dumped.
     #[arg(long)]
     pub tcp_established: bool,
+    /// Background (copy-on-write) memory dump, with --leave-running: the tree is stopped only
+    /// for its small state; its private anonymous memory is write-protected (userfaultfd),
+    /// the tree resumed, and the memory copied while it runs, each page before the tree first
+    /// writes it. The image holds the memory of the frozen instant. A page the tree unmaps or
+    /// discards before it is copied fails the dump (the tree runs on, no image is left).
+    #[arg(long)]
+    pub cow: bool,
     /// Print the figures as one JSON object.
     #[arg(long)]
     pub json: bool,
 }
 
 pub fn run(a: &DumpArgs) -> anyhow::Result<i32> {
+    if a.cow && !a.leave_running {
+        bail!("--cow copies memory while the tree runs: it needs --leave-running");
+    }
+    if a.cow && (a.parent.is_some() || a.track_mem) {
+        bail!(
+            "--cow with --parent or --track-mem: a background dump stores every page, it cannot be incremental"
+        );
+    }
     let target = match (a.pid, &a.cgroup) {
         (Some(pid), None) => Target::Tree(pid),
         (None, Some(cg)) => Target::Cgroup(cg.clone()),
@@ -70,6 +85,7 @@ pub fn run(a: &DumpArgs) -> anyhow::Result<i32> {
         tcp_established: a.tcp_established,
         sent_pages: None,
         journal: None,
+        cow: a.cow,
     };
     let inc = cpt::incremental::IncrementalOptions {
         track_mem: a.track_mem,
@@ -95,6 +111,15 @@ pub fn run(a: &DumpArgs) -> anyhow::Result<i32> {
             stats.frozen_ms,
             stats.total_ms
         );
+        if a.cow {
+            eprintln!(
+                "background copy: {} pages in {:.1} ms, {} of them ahead of a write (attempt {})",
+                stats.cow_pages_copied,
+                stats.cow_copy_ms,
+                stats.cow_pages_ahead_of_writes,
+                stats.cow_attempts
+            );
+        }
     }
     Ok(0)
 }

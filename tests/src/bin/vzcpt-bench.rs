@@ -1,5 +1,5 @@
 //! The benchmark harness: `cargo run --release -p tests --bin vzcpt-bench [-- --quick]
-//! [--migrate-only]`.
+//! [--migrate-only | --cow]`.
 //!
 //! Prints, in one run so the figures are comparable: memcpy bandwidth; for workloads of 64 MiB
 //! and 1 GiB of touched memory, dump and restore time and GB/s (uncompressed, images on tmpfs),
@@ -11,7 +11,9 @@
 //! (`--migrate-only`: that part alone; `MIGRATE_SIZES`, `MIGRATE_RATES` and `MIGRATE_MODES`
 //! (`offline online online-1-stream`) choose the cases); `vzctl backup` and `restore-backup`
 //! throughput of a dumped VE with 256 MiB of files and a 64 MiB memory image, raw, zstd, AEAD
-//! and zstd + AEAD (`--backup-only`: that part alone). Figures go to
+//! and zstd + AEAD (`--backup-only`: that part alone); background (`--cow`) dumps of 64 MiB and 1 GiB
+//! processes, idle or rewriting their memory, against plain ones (`--cow`: that part alone).
+//! Figures go to
 //! docs/BENCHMARKS.md by hand, with this command. The workload is the `counter` test workload.
 //!
 //! It re-executes itself as PID 1 of a new PID namespace so restored PIDs are always free and
@@ -173,6 +175,78 @@ impl Bench {
             bytes / restore_ms / 1e6,
             size_plain as f64 / (1 << 20) as f64,
             size_zstd as f64 / (1 << 20) as f64,
+        );
+        let _ = std::fs::remove_dir_all(&work);
+        Ok(())
+    }
+
+    /// Background (`--cow`) dumps against plain `--leave-running` ones: time stopped, time of
+    /// the copy after the thaw, write faults served; `writer`: the workload rewrites its memory
+    /// all the time (`tests/bench/cowwriter.c`), and its image is restored and checked (one
+    /// instant); otherwise the idle `counter` workload.
+    fn cow(&mut self, mb: u64, writer: Option<&Path>) -> anyhow::Result<()> {
+        let work = PathBuf::from(IMG_ROOT).join(format!("cow{mb}"));
+        let mut ctl = Ctl::create(work.join("ctl"))?;
+        let pid = match writer {
+            Some(w) => self.start(Command::new(w).arg(mb.to_string()), &ctl)?,
+            None => {
+                let wl = PathBuf::from(env!("VZCPT_WORKLOADS_BIN")).join("counter");
+                self.start(Command::new(&wl).env("WL_MEM_MB", mb.to_string()), &ctl)?
+            }
+        };
+        let pid_s = pid.to_string();
+        let img = work.join("img");
+        let img_s = img.to_str().context("path")?;
+        let (out, _) = self.vzcpt(&[
+            "dump",
+            "-t",
+            &pid_s,
+            "-D",
+            img_s,
+            "--leave-running",
+            "--json",
+        ])?;
+        let plain: serde_json::Value = serde_json::from_str(out.trim())?;
+        std::fs::remove_dir_all(&img)?;
+        let (out, wall) = self.vzcpt(&[
+            "dump",
+            "-t",
+            &pid_s,
+            "-D",
+            img_s,
+            "--leave-running",
+            "--cow",
+            "--json",
+        ])?;
+        let d: serde_json::Value = serde_json::from_str(out.trim())?;
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        self.reaper.wait(pid, Duration::from_secs(10)).ok();
+        let mut checked = "";
+        if writer.is_some() {
+            self.vzcpt(&["restore", "-D", img_s, "--detach"])?;
+            let reaper = &mut self.reaper;
+            ctl.check(Duration::from_secs(60), || reaper.reap())
+                .context("the workload restored from the background dump failed its check")?;
+            checked = ", restored and checked";
+            // Restored with its PID.
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            self.reaper.wait(pid, Duration::from_secs(10)).ok();
+        }
+        println!(
+            "| {mb} MiB, {} | {:.1} ms (+ {:.1} ms before) | {:.0} ms | {:.0} ms, {} pages, {} ahead of a write | {wall:.0} ms{checked} |",
+            if writer.is_some() { "rewritten all the time" } else { "idle" },
+            json_f64(&d, "frozen_ms"),
+            json_f64(&d, "cow_prearm_stopped_ms"),
+            json_f64(&plain, "freeze_ms") + json_f64(&plain, "frozen_ms"),
+            json_f64(&d, "cow_copy_ms"),
+            json_f64(&d, "cow_pages_copied"),
+            json_f64(&d, "cow_pages_ahead_of_writes"),
         );
         let _ = std::fs::remove_dir_all(&work);
         Ok(())
@@ -592,6 +666,37 @@ echo OK
 
 /// Offline and online migration of VEs of 256 MiB and 1 GiB written at 0, 10 and 100 MB/s,
 /// between two network namespaces of this machine.
+/// The background copy (`vzcpt dump --cow`) of a process of 64 MiB and 1 GiB, idle or
+/// rewriting its memory all the time: how long it is stopped, against a plain
+/// `--leave-running` dump.
+fn cow_bench(quick: bool) -> anyhow::Result<()> {
+    let writer = PathBuf::from(IMG_ROOT).join("cowwriter");
+    let src = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let st = Command::new("cc")
+        .args(["-O2", "-I"])
+        .arg(src.join("workloads"))
+        .arg("-o")
+        .arg(&writer)
+        .arg(src.join("bench/cowwriter.c"))
+        .status()
+        .context("cc")?;
+    if !st.success() {
+        bail!("cc failed for tests/bench/cowwriter.c");
+    }
+    let mut b = Bench {
+        vzcpt: tests::paths::vzcpt()?,
+        reaper: Reaper::default(),
+    };
+    println!("| process | stopped, --cow (frozen_ms) | stopped, plain --leave-running | copy after the thaw | --cow wall |");
+    println!("|---|---|---|---|---|");
+    let sizes: &[u64] = if quick { &[64] } else { &[64, 1024] };
+    for &mb in sizes {
+        b.cow(mb, None)?;
+        b.cow(mb, Some(&writer))?;
+    }
+    Ok(())
+}
+
 fn migrate_bench(quick: bool) -> anyhow::Result<()> {
     let bin = tests::ve_harness::bins()?;
     let table = PathBuf::from(IMG_ROOT).join("migrate-table.md");
@@ -675,6 +780,11 @@ fn main() -> anyhow::Result<()> {
         let _ = std::fs::remove_dir_all(IMG_ROOT);
         return r;
     }
+    if std::env::args().any(|a| a == "--cow") {
+        let r = cow_bench(quick);
+        let _ = std::fs::remove_dir_all(IMG_ROOT);
+        return r;
+    }
     if std::env::args().any(|a| a == "--migrate-only") {
         let r = migrate_bench(quick);
         let _ = std::fs::remove_dir_all(IMG_ROOT);
@@ -719,6 +829,8 @@ fn main() -> anyhow::Result<()> {
     backup_bench(quick)?;
     println!();
     migrate_bench(quick)?;
+    println!();
+    cow_bench(quick)?;
     let _ = std::fs::remove_dir_all(IMG_ROOT);
     Ok(())
 }
