@@ -40,7 +40,7 @@ until_true 5 vz exec 301 test -s /tmp/count || fail "the loop does not run"
 in_ve 301 sh -c 'echo one > /root/keep; echo here > /root/del'
 out=$(vz snapshot 301 --name s1 --json) || fail "snapshot: $out"
 echo "snapshot: $out"
-echo "$out" | json 'd["memory"] is True and d["name"] == "s1" and d["parent"] is None and 0 < d["frozen_ms"] < 5000 and d["fs_snapshot_ms"] <= d["frozen_ms"] and d["dump"]["processes"] >= 2' || fail "snapshot --json: $out"
+echo "$out" | json 'd["memory"] is True and d["name"] == "s1" and d["parent"] is None and 0 < d["frozen_ms"] < 5000 and d["fs_snapshot_ms"] <= d["frozen_ms"] and d["dump"]["processes"] >= 2 and d["dump"]["cow_pages_copied"] > 0' || fail "snapshot --json (memory copied after the thaw): $out"
 status_is 301 running || fail "the snapshot did not leave the VE running: $(vz status 301)"
 [ -z "$(ls -A "$VZ_DIR/private/snapshots/301" | grep '^\.tmp-')" ] || fail "work left: $(ls -A "$VZ_DIR/private/snapshots/301")"
 [ "$(stat -c %i "$VZ_DIR/private/snapshots/301/s1/private")" = 256 ] || fail "the snapshot's files are not a subvolume"

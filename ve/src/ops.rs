@@ -418,6 +418,7 @@ pub fn chkpnt(
         ctid,
         &dir,
         None,
+        false,
         "only a running VE can be checkpointed (resume a suspended one first)",
     )?;
     let final_state = if leave_running {
@@ -455,16 +456,21 @@ pub(crate) struct Dumped {
     pub(crate) frozen: cpt::seize::Frozen,
     pub(crate) cg: VeCgroups,
     pub(crate) cfg: VeConfig,
+    /// A background dump's memory copy, to complete once the tree is let go (the image is
+    /// complete only then).
+    pub(crate) copy: Option<cpt::cow::CowCopy>,
 }
 
 /// What every checkpoint of a running VE does first: checks, locks its network (peers see
 /// nothing: their packets are dropped, never refused) and dumps it into `dir`, keeping its
-/// tree stopped. A failure unlocks the network and leaves the VE running.
+/// tree stopped. A failure unlocks the network and leaves the VE running. With `cow` the
+/// memory is not copied yet (see `cpt::dump_cow`): `Dumped::copy` does it once the tree runs.
 pub(crate) fn dump_locked(
     layout: &Layout,
     ctid: u32,
     dir: &Path,
     sent_pages: Option<images_format::track::SentPagesImage>,
+    cow: bool,
     not_running: &str,
 ) -> Result<Dumped> {
     expect(layout, ctid, &[Status::Running], not_running)?;
@@ -483,7 +489,7 @@ pub(crate) fn dump_locked(
     if net::configured(&cfg) {
         net::lock(ctid, &cfg)?;
     }
-    let (stats, frozen) = cpt::dump_held(&cpt::DumpOptions {
+    let opts = cpt::DumpOptions {
         target: cpt::Target::Cgroup(cg.v2()?.to_path_buf()),
         dir: dir.to_path_buf(),
         // Not used: the caller ends the dump.
@@ -494,9 +500,14 @@ pub(crate) fn dump_locked(
         tcp_established: true,
         sent_pages,
         journal: Some(journal),
-        cow: false,
-    })
-    .map_err(|source| {
+        cow,
+    };
+    let dumped = if cow {
+        cpt::dump_cow(&opts).map(|(stats, frozen, copy)| (stats, frozen, Some(copy)))
+    } else {
+        cpt::dump_held(&opts).map(|(stats, frozen)| (stats, frozen, None))
+    };
+    let (stats, frozen, copy) = dumped.map_err(|source| {
         if net::configured(&cfg) {
             let _ = net::unlock(ctid, &cfg);
         }
@@ -507,6 +518,7 @@ pub(crate) fn dump_locked(
         frozen,
         cg,
         cfg,
+        copy,
     })
 }
 
@@ -551,7 +563,14 @@ pub fn chkpnt_hold(
     dir: &Path,
     sent: Option<images_format::track::SentPagesImage>,
 ) -> Result<HeldVe> {
-    let mut d = dump_locked(layout, ctid, dir, sent, "only a running VE can be migrated")?;
+    let mut d = dump_locked(
+        layout,
+        ctid,
+        dir,
+        sent,
+        false,
+        "only a running VE can be migrated",
+    )?;
     if let Err(source) = d.frozen.journal_mark("hold") {
         drop(d.frozen);
         if net::configured(&d.cfg) {

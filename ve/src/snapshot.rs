@@ -401,14 +401,17 @@ fn set_current(layout: &Layout, ctid: u32, name: Option<&str>) -> Result<()> {
 
 /// The memory part of a snapshot, kept in this one function: dumps the running VE into
 /// `dir` and returns with its tree still stopped and its network locked, for the file
-/// system to be snapshotted at the same instant. (A copy-on-write dump that copies memory
-/// after the VE is let go replaces this call.)
+/// system to be snapshotted at the same instant. The dump is a background one
+/// (`cpt::dump_cow`): the tree is stopped only for its small state, its memory is
+/// write-protected and copied by `Dumped::copy` once the VE runs again, each page before the
+/// VE first writes it, so the VE is not stopped for a time that grows with its memory.
 fn dump_memory(layout: &Layout, ctid: u32, dir: &Path) -> Result<ops::Dumped> {
     ops::dump_locked(
         layout,
         ctid,
         dir,
         None,
+        true,
         "only a running or stopped VE can be snapshotted (resume a suspended one first)",
     )
 }
@@ -471,7 +474,35 @@ fn take(layout: &Layout, ctid: u32, running: bool, staging: &Path) -> Result<Tak
             tracing::warn!(ctid, %e, "syncfs of the private area before the snapshot");
         }
     }
-    let dumped = dump_memory(layout, ctid, &staging.join(MEMORY))?;
+    // A background copy that loses a race with the VE (a process exits, memory is unmapped
+    // before its pages are copied) spoils that instant: memory and files are taken again.
+    let mut attempt = 1;
+    loop {
+        match take_running(ctid, layout, staging, &fs_snapshot) {
+            Err(VeError::Dump {
+                source: e @ cpt::DumpError::CowRace { .. },
+                ..
+            }) if attempt < cpt::COW_ATTEMPTS => {
+                tracing::warn!(ctid, attempt, error = %e, "the snapshot's memory copy lost a race; taking it again");
+                remove_tree(ctid, &staging.join(MEMORY))?;
+                remove_tree(ctid, &files)?;
+                attempt += 1;
+            }
+            r => return r,
+        }
+    }
+}
+
+/// One attempt of [`take`] on a running VE: memory (its copy completed after the VE is let
+/// go) and files of one instant.
+fn take_running(
+    ctid: u32,
+    layout: &Layout,
+    staging: &Path,
+    fs_snapshot: &dyn Fn(Instant) -> Result<f64>,
+) -> Result<Taken> {
+    let mut dumped = dump_memory(layout, ctid, &staging.join(MEMORY))?;
+    let copy = dumped.copy.take();
     let stopped = Instant::now();
     let fs = if sys::fault::hit("snapshot.after-dump") {
         Err(failed(ctid, sys::fault::message("snapshot.after-dump")))
@@ -483,7 +514,20 @@ fn take(layout: &Layout, ctid: u32, running: bool, staging: &Path) -> Result<Tak
         Ok(fs_snapshot_ms) => {
             let_go(ctid, dumped, true)?;
             let frozen_ms = stats.frozen_ms + ms(stopped);
-            stats.total_ms += ms(stopped);
+            // The VE runs again; its memory of the instant is copied now (dropping the copy
+            // on an error removes the image and clears the protection).
+            match copy {
+                Some(copy) => {
+                    // Its figures count from the dump's start to the image committed.
+                    let prearm = stats.cow_prearm_stopped_ms;
+                    stats = copy
+                        .complete()
+                        .map_err(|source| VeError::Dump { ctid, source })?;
+                    stats.cow_prearm_stopped_ms = prearm;
+                }
+                None => stats.total_ms += ms(stopped),
+            }
+            stats.frozen_ms = frozen_ms;
             Ok(Taken {
                 memory: Some(stats),
                 frozen_ms,
@@ -491,6 +535,7 @@ fn take(layout: &Layout, ctid: u32, running: bool, staging: &Path) -> Result<Tak
             })
         }
         Err(e) => {
+            drop(copy);
             let_go(ctid, dumped, false)?;
             Err(e)
         }
