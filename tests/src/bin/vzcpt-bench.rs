@@ -12,8 +12,9 @@
 //! (`offline online online-1-stream`) choose the cases); `vzctl backup` and `restore-backup`
 //! throughput of a dumped VE with 256 MiB of files and a 64 MiB memory image, raw, zstd, AEAD
 //! and zstd + AEAD (`--backup-only`: that part alone); background (`--cow`) dumps of 64 MiB and 1 GiB
-//! processes, idle or rewriting their memory, against plain ones (`--cow`: that part alone).
-//! Figures go to
+//! processes, idle or rewriting their memory, against plain ones (`--cow`: that part alone);
+//! `vzctl snapshot` of VEs of 0, 256 MiB and 1 GiB and the increments of a 1 GiB process
+//! writing 10 MB/s (`--snapshot-only`: that part alone). Figures go to
 //! docs/BENCHMARKS.md by hand, with this command. The workload is the `counter` test workload.
 //!
 //! It re-executes itself as PID 1 of a new PID namespace so restored PIDs are always free and
@@ -697,6 +698,94 @@ fn cow_bench(quick: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Issue 7's figures (run as a VE trial script, on a btrfs it makes): `vzctl snapshot` of an
+/// idle VE and of VEs holding 256 MiB and 1 GiB (time stopped, btrfs snapshot time, the
+/// memory copy after the thaw), three snapshots each; then a process of 1 GiB writing
+/// 10 MB/s (`tests/bench/memwriter.c`) dumped with `--leave-running --track-mem` and then 5
+/// increments (`--parent` the previous) 2 s apart: pages and bytes stored, time, stopped
+/// time. Rows go to `$TABLE`.
+const SNAPSHOT_BENCH: &str = r#"
+gcc -O2 -o "$WORK/memwriter" "$SRC/tests/bench/memwriter.c" || fail "gcc memwriter"
+truncate -s 4G "$WORK/btrfs.img" || fail "truncate"
+mkfs.btrfs -q "$WORK/btrfs.img" >/dev/null 2>&1 || fail "mkfs.btrfs (btrfs-progs)"
+mkdir -p "$VZ_DIR/private"
+mount -o loop "$WORK/btrfs.img" "$VZ_DIR/private" || fail "mount the btrfs image"
+trap 'cleanup; [ -n "${P:-}" ] && kill -9 $P; umount -l "$VZ_DIR/private" 2>/dev/null' EXIT
+echo "| VE | snapshot | stopped (frozen_ms) | of which btrfs snapshot | prearm stop | memory copy after the thaw | total |" >> "$TABLE"
+echo "|---|---|---|---|---|---|---|" >> "$TABLE"
+ctid=400
+for spec in "idle:0" "256 MiB:256" "1 GiB:1024"; do
+  name=${spec%%:*}; mb=${spec##*:}
+  ctid=$((ctid + 1))
+  if [ "$mb" = 0 ]; then cmd="exec sleep 1000000"; else cmd="exec $WORK/memwriter $mb 0"; fi
+  vz create $ctid --command "$cmd" >/dev/null || fail "create $ctid"
+  vz start $ctid || fail "start $ctid"
+  if [ "$mb" = 0 ]; then sleep 1; else until_true 120 vz exec $ctid test -e /tmp/ready || fail "VE $ctid not ready"; fi
+  for i in 1 2 3; do
+    out=$(vz snapshot $ctid --name s$i --json) || fail "snapshot: $out"
+    echo "$out" | NAME="$name" I=$i python3 -c '
+import json, os, sys
+d = json.load(sys.stdin); m = d["dump"] or {}
+print("| %s | %s | %.1f ms | %.1f ms | %.1f ms | %.0f ms (%d pages) | %.0f ms |" % (os.environ["NAME"], os.environ["I"],
+    d["frozen_ms"], d["fs_snapshot_ms"], m.get("cow_prearm_stopped_ms", 0), m.get("cow_copy_ms", 0),
+    m.get("cow_pages_copied", 0), d["total_ms"]))' >> "$TABLE" || fail "report: $out"
+  done
+  vz stop $ctid --timeout 1 >/dev/null 2>&1
+  vz destroy $ctid >/dev/null 2>&1
+done
+echo >> "$TABLE"
+echo "| dump of a 1 GiB process writing 10 MB/s | pages stored | bytes stored | pages in parents | time | stopped |" >> "$TABLE"
+echo "|---|---|---|---|---|---|" >> "$TABLE"
+unshare -m --propagation private sh -c 'mount -t tmpfs tmpfs /tmp && exec "$0" 1024 10' "$WORK/memwriter" &
+P=$!
+until_true 120 test -e /proc/$P/root/tmp/ready || fail "memwriter not ready"
+IMG="$WORK/incr"; mkdir -p "$IMG"
+prev=""
+for i in 0 1 2 3 4 5; do
+  [ $i = 0 ] || sleep 2
+  parent=""; [ -n "$prev" ] && parent="--parent $prev"
+  out=$("$BIN/vzcpt" dump -t $P -D "$IMG/$i" --leave-running --track-mem $parent --json 2>/dev/null) || fail "dump $i: $out"
+  echo "$out" | I=$i python3 -c '
+import json, os, sys
+d = json.load(sys.stdin); i = int(os.environ["I"])
+print("| %s | %d | %.1f MiB | %d | %.0f ms | %.0f ms |" % ("full (--track-mem)" if i == 0 else "increment %d" % i,
+    d["pages_stored"], d["pages_bytes_stored"] / 1048576, d["pages_in_parent"], d["total_ms"], d["frozen_ms"]))' >> "$TABLE" || fail "report: $out"
+  prev="$IMG/$i"
+done
+kill -9 $P; P=""
+echo OK
+"#;
+
+/// Issue 7's benchmark (see [`SNAPSHOT_BENCH`]).
+fn snapshot_bench() -> anyhow::Result<()> {
+    let bin = tests::ve_harness::bins()?;
+    let table = PathBuf::from(IMG_ROOT).join("snapshot-table.md");
+    let _ = std::fs::remove_file(&table);
+    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .context("the source tree")?
+        .to_path_buf();
+    let cgroup = format!("vzcpt-bench-snap-{}", std::process::id());
+    let r = tests::script::Script {
+        name: "snapshot-bench",
+        prefix: "bench",
+        body: format!("{}\n{SNAPSHOT_BENCH}", tests::ve_harness::PRELUDE),
+        unshare: &["--net"],
+        env: vec![
+            ("BIN", bin.to_string_lossy().into_owned()),
+            ("VZ_DIR", "{WORK}/vz".to_string()),
+            ("VZ_CGROUP", cgroup.clone()),
+            ("SRC", src.to_string_lossy().into_owned()),
+            ("TABLE", table.to_string_lossy().into_owned()),
+        ],
+        timeout_s: 900,
+    }
+    .run();
+    tests::ve_harness::remove_cgroups(&cgroup);
+    print!("{}", std::fs::read_to_string(&table).unwrap_or_default());
+    r.map_err(|e| anyhow::anyhow!(e))
+}
+
 fn migrate_bench(quick: bool) -> anyhow::Result<()> {
     let bin = tests::ve_harness::bins()?;
     let table = PathBuf::from(IMG_ROOT).join("migrate-table.md");
@@ -782,6 +871,11 @@ fn main() -> anyhow::Result<()> {
     }
     if std::env::args().any(|a| a == "--cow") {
         let r = cow_bench(quick);
+        let _ = std::fs::remove_dir_all(IMG_ROOT);
+        return r;
+    }
+    if std::env::args().any(|a| a == "--snapshot-only") {
+        let r = snapshot_bench();
         let _ = std::fs::remove_dir_all(IMG_ROOT);
         return r;
     }
