@@ -354,7 +354,9 @@ fn dump_stopped(
     let mut writer = ImageWriter::create(&opts.dir)?;
     let pid_map = PidMap::new(&frozen)?;
     let alive: Vec<i32> = frozen.alive().map(|p| p.pid.as_raw()).collect();
+    let t_ns = Instant::now();
     let namespaces = ns::dump_namespaces(frozen.root().as_raw(), &alive)?;
+    tracing::debug!(ms = ms(t_ns), "namespaces dumped");
     let mut pstree = PstreeImage {
         root_pid: pid_map.virt(frozen.root().as_raw()),
         pid_ns_init: pid_map.ns_init,
@@ -397,6 +399,7 @@ fn dump_stopped(
                 sink: &sink,
                 next_id: 0,
             };
+            tracing::debug!(ms = ms(t_ns), "IPC namespace dumped");
             let tmpfs_image = images_format::tmpfs::TmpfsImage {
                 mounts: namespaces
                     .mounts
@@ -405,6 +408,7 @@ fn dump_stopped(
                     .map(|m| tmpfs.dump(&m.mountpoint))
                     .collect::<Result<_, _>>()?,
             };
+            tracing::debug!(ms = ms(t_ns), "tmpfs mounts dumped");
             for p in &frozen.processes {
                 let pid = p.pid.as_raw();
                 let st = seize::read_stat(pid)?;

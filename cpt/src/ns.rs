@@ -125,43 +125,80 @@ pub fn dump_namespaces(root: i32, pids: &[i32]) -> Result<NamespacesImage, DumpE
     Ok(img)
 }
 
-/// `ip -j ARGS` inside the network namespace of `pid` (iproute2, as the VE layer uses it).
-fn ip_json(pid: i32, args: &[&str]) -> Result<serde_json::Value, DumpError> {
+/// `ip -j ARGS` for each of `queries`, inside the network namespace of `pid` (iproute2, as the
+/// VE layer uses it). All are started at once and then waited for: each costs a fork and two
+/// execs, and the tree is stopped meanwhile.
+fn ip_json(pid: i32, queries: &[&[&str]]) -> Result<Vec<serde_json::Value>, DumpError> {
     let fail = |reason: String| DumpError::Task {
         pid,
         what: "network namespace".into(),
         reason,
     };
-    let out = std::process::Command::new("nsenter")
-        .arg(format!("--net=/proc/{pid}/ns/net"))
-        .args(["ip", "-j"])
-        .args(args)
-        .output()
-        .map_err(|e| {
-            fail(format!(
-                "run nsenter ip: {e} (are util-linux and iproute2 installed?)"
-            ))
-        })?;
-    if !out.status.success() {
-        return Err(fail(format!(
-            "ip -j {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
+    let children = queries
+        .iter()
+        .map(|args| {
+            std::process::Command::new("nsenter")
+                .arg(format!("--net=/proc/{pid}/ns/net"))
+                .args(["ip", "-j"])
+                .args(*args)
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .map_err(|e| {
+                    fail(format!(
+                        "run nsenter ip: {e} (are util-linux and iproute2 installed?)"
+                    ))
+                })
+        })
+        .collect::<Vec<_>>();
+    // Every child started is waited for, also when another failed to start.
+    let mut results = Vec::with_capacity(queries.len());
+    let mut first_err = None;
+    for (args, child) in queries.iter().zip(children) {
+        let r = child.and_then(|c| {
+            let out = c
+                .wait_with_output()
+                .map_err(|e| fail(format!("ip -j {}: {e}", args.join(" "))))?;
+            if !out.status.success() {
+                return Err(fail(format!(
+                    "ip -j {}: {}",
+                    args.join(" "),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                )));
+            }
+            serde_json::from_slice(&out.stdout)
+                .map_err(|e| fail(format!("ip -j {}: {e}", args.join(" "))))
+        });
+        match r {
+            Ok(v) => results.push(v),
+            Err(e) => {
+                first_err.get_or_insert(e);
+            }
+        }
     }
-    serde_json::from_slice(&out.stdout).map_err(|e| fail(format!("ip -j {}: {e}", args.join(" "))))
+    match first_err {
+        Some(e) => Err(e),
+        None => Ok(results),
+    }
 }
 
 fn dump_net(root: i32) -> Result<NetState, DumpError> {
     let mut net = NetState::default();
+    let [links, addrs, routes4, routes6]: [serde_json::Value; 4] = ip_json(
+        root,
+        &[
+            &["-d", "link", "show"],
+            &["addr", "show"],
+            &["-4", "route", "show", "table", "main"],
+            &["-6", "route", "show", "table", "main"],
+        ],
+    )?
+    .try_into()
+    .map_err(|_| DumpError::Tree("ip gave fewer answers than asked".into()))?;
     let str_of = |v: &serde_json::Value, k: &str| {
         v.get(k).and_then(|x| x.as_str()).unwrap_or("").to_string()
     };
-    for link in ip_json(root, &["-d", "link", "show"])?
-        .as_array()
-        .into_iter()
-        .flatten()
-    {
+    for link in links.as_array().into_iter().flatten() {
         let name = str_of(link, "ifname");
         let flags: Vec<&str> = link
             .get("flags")
@@ -194,11 +231,7 @@ fn dump_net(root: i32) -> Result<NetState, DumpError> {
             up,
         });
     }
-    for a in ip_json(root, &["addr", "show"])?
-        .as_array()
-        .into_iter()
-        .flatten()
-    {
+    for a in addrs.as_array().into_iter().flatten() {
         let dev = str_of(a, "ifname");
         if dev == "lo" {
             continue;
@@ -221,12 +254,8 @@ fn dump_net(root: i32) -> Result<NetState, DumpError> {
             });
         }
     }
-    for (v6, family) in [(false, "-4"), (true, "-6")] {
-        for r in ip_json(root, &[family, "route", "show", "table", "main"])?
-            .as_array()
-            .into_iter()
-            .flatten()
-        {
+    for (v6, routes) in [(false, routes4), (true, routes6)] {
+        for r in routes.as_array().into_iter().flatten() {
             // Routes the kernel derives from addresses and links come back with them.
             if str_of(r, "protocol") == "kernel" || str_of(r, "dev") == "lo" {
                 continue;

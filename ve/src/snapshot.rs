@@ -519,11 +519,9 @@ fn take_running(
             match copy {
                 Some(copy) => {
                     // Its figures count from the dump's start to the image committed.
-                    let prearm = stats.cow_prearm_stopped_ms;
                     stats = copy
                         .complete()
                         .map_err(|source| VeError::Dump { ctid, source })?;
-                    stats.cow_prearm_stopped_ms = prearm;
                 }
                 None => stats.total_ms += ms(stopped),
             }
