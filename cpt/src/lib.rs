@@ -230,6 +230,20 @@ pub fn dump_held(opts: &DumpOptions) -> Result<(DumpStats, seize::Frozen), DumpE
     dump_held_with(opts, &incremental::IncrementalOptions::default())
 }
 
+/// [`dump_held`] with `--track-mem` and/or `--parent` (see [`incremental`]): the tracking is
+/// armed again (relative to this image) before it returns, the tree still stopped.
+pub fn dump_held_incremental(
+    opts: &DumpOptions,
+    inc: &incremental::IncrementalOptions,
+) -> Result<(DumpStats, seize::Frozen), DumpError> {
+    if opts.cow {
+        return Err(DumpError::Options(
+            "a background (cow) dump goes through dump_cow, not dump_held".into(),
+        ));
+    }
+    dump_held_with(opts, inc)
+}
+
 fn dump_held_with(
     opts: &DumpOptions,
     inc_opts: &incremental::IncrementalOptions,

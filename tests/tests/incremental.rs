@@ -271,6 +271,55 @@ fn run_script(name: &str, body: &str, env: Vec<(&str, String)>) -> Result<(), Fa
     .map_err(Failed::from)
 }
 
+/// The same chain through `vzctl` on a real VE (`vzctl chkpnt --leave-running --track-mem
+/// --parent`): the writer runs as the VE's program; ten checkpoints while it runs, each an
+/// increment of the one before and far smaller than the first; then the VE is stopped and
+/// restored from images of the chain (the first, a middle one, the last), each time checking
+/// its whole memory and reporting a sequence number that grows along the chain.
+const VE_CHAIN: &str = r#"
+C=171
+vz create $C --command "exec python3 /root/writer.py /root" >/dev/null || fail "create"
+R="$VZ_DIR/private/$C/upper/root"
+mkdir -p "$R" && cp "$WORK/writer.py" "$R/" || fail "install the writer"
+vz start $C >/dev/null || fail "start"
+until_true 30 test -e "$R/ready" || fail "the writer did not start in the VE"
+IMG="$WORK/chain"; mkdir -p "$IMG"
+prev=""; full=0
+for i in 0 1 2 3 4 5 6 7 8 9; do
+    args="--leave-running --track-mem"
+    [ -n "$prev" ] && args="$args --parent $prev"
+    out=$(vz chkpnt $C --dumpfile "$IMG/$i" $args --json) || fail "chkpnt $i: $out"
+    stored=$(echo "$out" | python3 -c 'import json,sys; print(json.load(sys.stdin)["pages_stored"])')
+    if [ $i = 0 ]; then full=$stored
+    else
+        echo "$out" | python3 -c 'import json,sys; d = json.load(sys.stdin); sys.exit(0 if d["pages_in_parent"] > 0 and d.get("parent_tracked") else 1)' \
+            || fail "increment $i is not tracked against its parent: $out"
+        [ "$stored" -lt $((full / 2)) ] || fail "increment $i stored $stored pages (the full image $full)"
+    fi
+    status_is $C running || fail "chkpnt $i did not leave the VE running: $(vz status $C)"
+    prev="$IMG/$i"
+    sleep 0.3
+done
+vz stop $C --timeout 2 >/dev/null || fail "stop"
+last=0
+for i in 0 5 9; do
+    vz restore $C --dumpfile "$IMG/$i" >/dev/null || fail "restore image $i of the chain"
+    status_is $C running || fail "after restoring image $i: $(vz status $C)"
+    # Through the VE's root: the overlay may not see a change made in its upper layer behind
+    # its back. (The writer removes /root/go itself once it has checked.)
+    vz exec $C rm -f /root/result || fail "image $i: remove the last result"
+    vz exec $C touch /root/go || fail "image $i: tell the writer to check"
+    until_true 60 test -s "$R/result" || fail "image $i: the restored writer gave no result"
+    read -r verdict seq bad < "$R/result"
+    [ "$verdict" = PASS ] || fail "image $i: the restored memory is wrong ($bad bad pages)"
+    [ "$seq" -gt "$last" ] || fail "image $i: sequence $seq is not past the earlier image's $last"
+    last=$seq
+    until_true 10 status_is $C stopped || vz stop $C --timeout 1 >/dev/null 2>&1
+    echo "image $i: PASS at sequence $seq"
+done
+echo OK
+"#;
+
 fn main() {
     let args = Arguments::from_args();
     let mut skip = None;
@@ -287,6 +336,26 @@ fn main() {
         ("killed_dumpers_never_lose_a_write", KILLED_DUMPERS, None),
         ("cgroup_v2_increments", CGROUP, no_cg2),
     ];
+    let ve_skip = tests::ve_harness::skip_reason();
+    let ve_trial = {
+        let reason = skip.clone().or(ve_skip);
+        let ignored = reason.is_some();
+        Trial::test(
+            "ve_chain_through_vzctl_restored_at_three_points",
+            move || {
+                if let Some(r) = reason {
+                    return Err(format!("skipped: {r}").into());
+                }
+                tests::ve_harness::run_script_for(
+                    "ve_chain_through_vzctl_restored_at_three_points",
+                    &format!("{PRELUDE}\n{VE_CHAIN}"),
+                    300,
+                )
+                .map_err(Into::into)
+            },
+        )
+        .with_ignored_flag(ignored)
+    };
     let trials = scripts
         .into_iter()
         .map(|(name, body, own_skip)| {
@@ -301,6 +370,7 @@ fn main() {
             })
             .with_ignored_flag(ignored)
         })
+        .chain(std::iter::once(ve_trial))
         .collect();
     libtest_mimic::run(&args, trials).exit();
 }

@@ -406,11 +406,13 @@ pub fn set(layout: &Layout, ctid: u32, cfg: &VeConfig, save: bool) -> Result<()>
 }
 
 /// `vzctl chkpnt`: dumps the VE through its cgroup freezer; stops it unless `leave_running`.
+/// With `inc`, an incremental dump (`--track-mem`, `--parent`; see `cpt::incremental`).
 pub fn chkpnt(
     layout: &Layout,
     ctid: u32,
     dumpfile: Option<&Path>,
     leave_running: bool,
+    inc: Option<&cpt::incremental::IncrementalOptions>,
 ) -> Result<cpt::DumpStats> {
     let dir = dumpfile.map_or_else(|| layout.dump(ctid), Path::to_path_buf);
     let dumped = dump_locked(
@@ -419,6 +421,7 @@ pub fn chkpnt(
         &dir,
         None,
         false,
+        inc,
         "only a running VE can be checkpointed (resume a suspended one first)",
     )?;
     let final_state = if leave_running {
@@ -471,6 +474,7 @@ pub(crate) fn dump_locked(
     dir: &Path,
     sent_pages: Option<images_format::track::SentPagesImage>,
     cow: bool,
+    inc: Option<&cpt::incremental::IncrementalOptions>,
     not_running: &str,
 ) -> Result<Dumped> {
     expect(layout, ctid, &[Status::Running], not_running)?;
@@ -502,10 +506,12 @@ pub(crate) fn dump_locked(
         journal: Some(journal),
         cow,
     };
-    let dumped = if cow {
-        cpt::dump_cow(&opts).map(|(stats, frozen, copy)| (stats, frozen, Some(copy)))
-    } else {
-        cpt::dump_held(&opts).map(|(stats, frozen)| (stats, frozen, None))
+    let dumped = match (cow, inc) {
+        (true, _) => cpt::dump_cow(&opts).map(|(stats, frozen, copy)| (stats, frozen, Some(copy))),
+        (false, Some(inc)) => {
+            cpt::dump_held_incremental(&opts, inc).map(|(stats, frozen)| (stats, frozen, None))
+        }
+        (false, None) => cpt::dump_held(&opts).map(|(stats, frozen)| (stats, frozen, None)),
     };
     let (stats, frozen, copy) = dumped.map_err(|source| {
         if net::configured(&cfg) {
@@ -569,6 +575,7 @@ pub fn chkpnt_hold(
         dir,
         sent,
         false,
+        None,
         "only a running VE can be migrated",
     )?;
     if let Err(source) = d.frozen.journal_mark("hold") {

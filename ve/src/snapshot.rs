@@ -412,6 +412,7 @@ fn dump_memory(layout: &Layout, ctid: u32, dir: &Path) -> Result<ops::Dumped> {
         dir,
         None,
         true,
+        None,
         "only a running or stopped VE can be snapshotted (resume a suspended one first)",
     )
 }

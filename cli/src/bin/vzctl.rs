@@ -15,6 +15,11 @@ struct Cli {
 }
 
 fn main() {
+    // The keeper of `chkpnt --track-mem` (started by the dump itself, not a user command).
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some(cpt::incremental::KEEPER_ARG) {
+        std::process::exit(cpt::incremental::keeper_main(&args[2..]));
+    }
     cli::logging::init();
     let cli = Cli::parse();
     match run(&cli.command) {

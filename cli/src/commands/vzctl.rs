@@ -100,6 +100,14 @@ pub struct ChkpntArgs {
     /// Keep the VE running: a snapshot.
     #[arg(long)]
     pub leave_running: bool,
+    /// Keep written-page tracking armed in the VE after the dump, for a later `--parent`
+    /// dump (see `vzcpt dump --track-mem`).
+    #[arg(long, conflicts_with = "hold")]
+    pub track_mem: bool,
+    /// An incremental dump: store only the pages written since the image DIR (an earlier
+    /// `--track-mem` checkpoint of this VE) and refer to the rest; restoring needs DIR in place.
+    #[arg(long, value_name = "DIR", conflicts_with = "hold")]
+    pub parent: Option<PathBuf>,
     #[arg(long)]
     pub json: bool,
     /// For vzmigrate: once the image is complete print `held` and keep the VE stopped until a
@@ -260,7 +268,19 @@ pub fn run(cmd: &VzctlCommand) -> anyhow::Result<i32> {
             held.end(&layout, end)?;
         }
         VzctlCommand::Chkpnt(a) => {
-            let stats = ve::ops::chkpnt(&layout, a.ctid, a.dumpfile.as_deref(), a.leave_running)?;
+            let inc = cpt::incremental::IncrementalOptions {
+                track_mem: a.track_mem,
+                parent: a.parent.clone(),
+                keeper_exe: None,
+            };
+            let incremental = a.track_mem || a.parent.is_some();
+            let stats = ve::ops::chkpnt(
+                &layout,
+                a.ctid,
+                a.dumpfile.as_deref(),
+                a.leave_running,
+                incremental.then_some(&inc),
+            )?;
             if a.json {
                 super::print_json(&stats)?;
             } else {

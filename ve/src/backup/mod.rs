@@ -441,7 +441,7 @@ pub fn backup(
                     })?;
                 }
                 tmp_image = RemoveOnDrop(Some(tmp.clone()));
-                ops::chkpnt(layout, ctid, Some(&tmp), true)?;
+                ops::chkpnt(layout, ctid, Some(&tmp), true, None)?;
                 image = Some(tmp);
             }
         }
