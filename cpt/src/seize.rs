@@ -294,7 +294,7 @@ impl Frozen {
     }
 
     /// Keeps the journal (begun before the seize), recording every seized thread and its
-    /// own mask (before [`block_signals`](Self::block_signals) changes any).
+    /// own mask (before a remote session blocks all its signals: `sys::remote`).
     pub fn keep_journal(&mut self, mut j: crate::journal::Journal) -> Result<(), DumpError> {
         for p in &self.processes {
             for t in &p.threads {
@@ -351,9 +351,11 @@ impl Frozen {
         }
     }
 
-    /// Blocks every signal of every seized thread, so that signals arriving while the tree
-    /// runs injected code stay pending instead of running handlers mid-dump. Each thread's
-    /// own mask is back when the tree is let go.
+    /// Blocks every signal of every seized thread (the page tracker, `track`, injects with
+    /// them blocked). A dump does not: each remote session blocks its own task's signals
+    /// and gives them back, through its safety net should this process die
+    /// (`sys::remote`), so a killed dumper leaves no task deaf to signals. Each thread's own
+    /// mask is back when the tree is let go.
     pub fn block_signals(&self) -> Result<(), DumpError> {
         for p in &self.processes {
             for t in &p.threads {
@@ -558,7 +560,7 @@ fn exiting(tid: i32) -> bool {
 }
 
 /// Waits for the interrupt stop of a seized thread and reads its blocked mask (which
-/// [`Frozen::block_signals`] changes once the journal has it).
+/// a remote session changes for a while).
 fn stop_thread(tid: Pid) -> Result<SeizedThread, DumpError> {
     ptrace::wait_for_interrupt_stop(tid)?;
     let orig_sigmask = ptrace::get_sigmask(tid)?;
