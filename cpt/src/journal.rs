@@ -142,6 +142,23 @@ impl Drop for Journal {
     }
 }
 
+/// The temporary file of a journal write (`Journal::write`) whose writer died before the
+/// rename: removed, unless its writer still runs.
+fn remove_stale_tmp(path: &Path) {
+    let tmp = path.with_extension("journal-tmp");
+    let Ok(text) = std::fs::read_to_string(&tmp) else {
+        return;
+    };
+    let owner = text
+        .lines()
+        .next()
+        .and_then(|l| l.strip_prefix("dumper "))
+        .unwrap_or("");
+    if owner_gone(owner) {
+        let _ = std::fs::remove_file(&tmp);
+    }
+}
+
 /// What [`recover`] found and did.
 #[derive(Debug, Clone, Default)]
 pub struct Recovered {
@@ -174,6 +191,7 @@ pub fn recover(
     cgroup: Option<&Path>,
     release_held: bool,
 ) -> Result<Option<Recovered>, DumpError> {
+    remove_stale_tmp(path);
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -248,9 +266,15 @@ pub fn recover(
         }
     }
     let freezer = cgroup.and_then(|c| crate::freeze::Freezer::for_cgroup(c).ok());
-    let frozen_now = freezer
-        .as_ref()
-        .is_some_and(|f| f.is_frozen().unwrap_or(false));
+    // Frozen, or freezing: a dumper killed while it froze the cgroup wrote `cgroup.freeze`
+    // but the kernel may not report the cgroup frozen yet; it will, unless thawed.
+    let freeze_requested = cgroup.is_some_and(|c| {
+        std::fs::read_to_string(c.join("cgroup.freeze")).is_ok_and(|t| t.trim() == "1")
+    });
+    let frozen_now = freeze_requested
+        || freezer
+            .as_ref()
+            .is_some_and(|f| f.is_frozen().unwrap_or(false));
     // Seized (interrupt queued) while frozen; their stops come once thawed, before any of
     // their own code runs.
     let mut seized = Vec::new();

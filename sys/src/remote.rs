@@ -68,6 +68,10 @@ impl Net {
         mask: u64,
         trampoline: Option<u64>,
     ) -> Result<Option<Net>> {
+        if shadow_stack(tid) {
+            // rt_sigreturn would look for a token on the shadow stack that no signal put there.
+            return Ok(None);
+        }
         let Some(trampoline) = trampoline.or_else(|| sigframe::find_sigreturn(tid, mem)) else {
             return Ok(None);
         };
@@ -98,6 +102,18 @@ impl Net {
         r.orig_rax = u64::MAX;
         r
     }
+}
+
+/// Whether thread `tid` runs with a user shadow stack (x86 CET).
+fn shadow_stack(tid: Pid) -> bool {
+    std::fs::read_to_string(format!("/proc/{tid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("x86_Thread_features:"))
+                .map(|v| v.contains("shstk"))
+        })
+        .unwrap_or(false)
 }
 
 /// The first of [`BATCH_END_SIGNALS`] that thread `tid` neither catches nor blocks (`mask`).

@@ -20,6 +20,7 @@ const DEFAULT_SEED: u64 = 20261123;
 /// any wrong result goes to /root/FAIL. A client outside echoes through it all along, its
 /// count in $WORK/n. Helpers: `masks`, `usr1_works`, `client_goes_on`, `undone WHAT`.
 const VE: &str = r#"
+ms() { echo $(( $(date +%s%N) / 1000000 )); }
 vz create $C --command 'exec python3 /root/echo.py' || fail "create"
 vz set $C --ipadd $ADDR --save || fail "ipadd"
 R="$VZ_DIR/private/$C/upper/root"
@@ -28,11 +29,15 @@ cat > "$R/echo.py" <<'PY'
 import math, os, signal, socket, threading, time
 def fail(what):
     open("/root/FAIL", "a").write(what + "\n")
+def put(path, text):
+    # Whole or not at all: a reader never sees the file empty.
+    open(path + ".tmp", "w").write(text)
+    os.replace(path + ".tmp", path)
 def handlers(role):
     n = [0]
     def on_usr1(*_):
         n[0] += 1
-        open("/root/usr1-" + role, "w").write("%d" % n[0])
+        put("/root/usr1-" + role, "%d" % n[0])
     signal.signal(signal.SIGUSR1, on_usr1)
 def check_fp(role):
     x = 0.5
@@ -121,12 +126,13 @@ undone() {
     local n=$(wc -l < "$R/log")
     until_true 5 sh -c "[ \$(wc -l < $R/log) -gt $n ]" || fail "$1: the VE does not go on"
     usr1_works || fail "$1: a SIGUSR1 handler does not run"
+    local c0=$(ms)
     client_goes_on || fail "$1: the client's connection stalls (at $(cat $WORK/n)): $(cat $WORK/client 2>/dev/null)"
+    echo "  $1: the client went on within $(( $(ms) - c0 )) ms"
     [ -e "$R/FAIL" ] && fail "$1: the VE's own checks: $(cat $R/FAIL)"
     log_contiguous $C || fail "$1: the log has a gap or restarted"
     return 0
 }
-ms() { echo $(( $(date +%s%N) / 1000000 )); }
 "#;
 
 /// `vzctl chkpnt` (kill mode, and `--leave-running`, one after the other) SIGKILLed at each
@@ -138,19 +144,23 @@ for point in remote.parked remote.entry remote.exit remote.batch; do
     [ $rc = 137 ] || fail "$point: vzctl was not killed (exit $rc)"
     undone "killed at $point"
 done
-# How long each takes here.
-t0=$(ms); vz chkpnt $C || fail "chkpnt"; t1=$(ms)
-vz restore $C || fail "restore"
-undone "a checkpoint and restore"
-t2=$(ms); vz chkpnt $C --leave-running --dumpfile $WORK/snap || fail "chkpnt --leave-running"; t3=$(ms)
-rm -rf $WORK/snap
-echo "chkpnt takes $((t1 - t0)) ms, --leave-running $((t3 - t2)) ms: kills in [0, that], seed $SEED"
+# How long each takes here (the shorter of two runs: the machine is shared).
+dk=999999; dl=999999
+for run in 1 2; do
+    t0=$(ms); vz chkpnt $C || fail "chkpnt"; t1=$(ms)
+    vz restore $C || fail "restore"
+    undone "a checkpoint and restore"
+    t2=$(ms); vz chkpnt $C --leave-running --dumpfile $WORK/snap || fail "chkpnt --leave-running"; t3=$(ms)
+    rm -rf $WORK/snap
+    dk=$(( t1 - t0 < dk ? t1 - t0 : dk )); dl=$(( t3 - t2 < dl ? t3 - t2 : dl ))
+done
+echo "chkpnt takes $dk ms, --leave-running $dl ms: kills in [0, that], seed $SEED"
 RANDOM=$SEED
 for i in $(seq 1 20); do
     if [ $((i % 2)) = 1 ]; then
-        args="chkpnt $C"; d=$(( RANDOM % (t1 - t0 + 1) ))
+        args="chkpnt $C"; d=$(( RANDOM % (dk + 1) ))
     else
-        args="chkpnt $C --leave-running --dumpfile $WORK/snap"; d=$(( RANDOM % (t3 - t2 + 1) ))
+        args="chkpnt $C --leave-running --dumpfile $WORK/snap"; d=$(( RANDOM % (dl + 1) ))
     fi
     "$BIN/vzctl" $args 2>/dev/null &
     pid=$!
@@ -184,9 +194,12 @@ ve_procs() { local me=$(readlink /proc/$$/ns/pid); for p in /proc/[0-9]*; do loc
 vz create $C --command "$LOOP" || fail "create"
 vz start $C || fail "start"
 until_true 5 test -s "$VZ_DIR/private/$C/upper/root/log" || fail "the loop does not run"
-vz chkpnt $C || fail "chkpnt"
-t0=$(ms); vz restore $C || fail "restore"; t1=$(ms)
-D=$((t1 - t0))
+D=999999
+for run in 1 2; do
+    vz chkpnt $C || fail "chkpnt"
+    t0=$(ms); vz restore $C || fail "restore"; t1=$(ms)
+    D=$(( t1 - t0 < D ? t1 - t0 : D ))
+done
 echo "restore takes $D ms: kills in [0, $D] ms, seed $SEED"
 RANDOM=$SEED
 for i in $(seq 1 10); do
@@ -224,16 +237,25 @@ echo OK
 /// tree runs on as it was: no task stopped, masks as before, handlers working, its own
 /// floating-point checks passing. (No journal: a temporary image directory may stay.)
 const TREE_KILLS: &str = r#"
+# The tree's files on a tmpfs (of this script's mount namespace): its progress must not wait
+# for the disk (a truncate on ext4 waits for discards, seconds on a busy host).
+mkdir -p "$WORK/t" && mount -t tmpfs tree "$WORK/t" || fail "tmpfs"
+IMG=$WORK/img
+WORK=$WORK/t
 cat > "$WORK/tree.py" <<'PY'
 import math, os, signal, sys, threading, time
 w = sys.argv[1]
 def fail(what):
     open(w + "/FAIL", "a").write(what + "\n")
+def put(path, text):
+    # Whole or not at all: a reader never sees the file empty.
+    open(path + ".tmp", "w").write(text)
+    os.replace(path + ".tmp", path)
 def handlers(role):
     n = [0]
     def on_usr1(*_):
         n[0] += 1
-        open(w + "/usr1-" + role, "w").write("%d" % n[0])
+        put(w + "/usr1-" + role, "%d" % n[0])
     signal.signal(signal.SIGUSR1, on_usr1)
 def check_fp(role):
     x = 0.5
@@ -244,7 +266,7 @@ def check_fp(role):
         if y != z or abs(y - 3464.16) > 1:
             fail("%s: fp %r %r" % (role, y, z))
         i += 1
-        open(w + "/n-" + role, "w").write("%d" % i)
+        put(w + "/n-" + role, "%d" % i)
         time.sleep(0.003)
 if os.fork() == 0:
     handlers("child")
@@ -259,6 +281,8 @@ python3 "$WORK/tree.py" "$WORK" &
 P=$!
 until_true 5 sh -c "test -s $WORK/n-child && test -s $WORK/n-thread && test -s $WORK/n-parent" || fail "the tree does not start"
 tasks() { for p in $P $(cat /proc/$P/task/*/children); do ls -d /proc/$p/task/* ; done; }
+# What each task does: state, wait channel, syscall, signals (for a failure's message).
+diag() { for t in $(tasks); do echo "[$t $(awk '/^State|^SigBlk|^SigPnd|^ShdPnd|^TracerPid/ { printf "%s ", $2 }' $t/status) wchan=$(cat $t/wchan) syscall=$(cat $t/syscall)]"; done; }
 tmasks() { for t in $(tasks); do awk '/^SigBlk/ { print $2 }' $t/status; done | sort | tr '\n' ' '; }
 before=$(tmasks)
 tree_as_before() {
@@ -266,28 +290,31 @@ tree_as_before() {
     [ "$(tmasks)" = "$before" ] || fail "$1: signal masks changed: $(tmasks) were $before"
     for r in parent child thread; do
         local n=$(cat $WORK/n-$r)
-        until_true 5 sh -c "[ \$(cat $WORK/n-$r) -gt $n ]" || fail "$1: the $r does not go on"
+        until_true 5 sh -c "[ \$(cat $WORK/n-$r) -gt $n ]" || fail "$1: the $r does not go on: $(diag)"
     done
     local a=$(cat $WORK/usr1-parent 2>/dev/null || echo 0) b=$(cat $WORK/usr1-child 2>/dev/null || echo 0)
     kill -USR1 $P $(cat /proc/$P/task/*/children)
     until_true 5 sh -c "[ \$(cat $WORK/usr1-parent 2>/dev/null || echo 0) -gt $a ] && [ \$(cat $WORK/usr1-child 2>/dev/null || echo 0) -gt $b ]" || fail "$1: a SIGUSR1 handler does not run"
     [ -e "$WORK/FAIL" ] && fail "$1: the tree's own checks: $(cat $WORK/FAIL)"
-    rm -rf $WORK/img*
+    rm -rf $IMG*
     return 0
 }
 for point in remote.parked remote.entry remote.exit remote.batch; do
-    VZCPT_FAULT=$point:kill "$VZCPT" dump -t $P -D $WORK/img --leave-running 2>/dev/null; rc=$?
+    VZCPT_FAULT=$point:kill "$VZCPT" dump -t $P -D $IMG --leave-running 2>/dev/null; rc=$?
     [ $rc = 137 ] || fail "$point: vzcpt was not killed (exit $rc)"
     tree_as_before "killed at $point"
 done
-t0=$(ms); "$VZCPT" dump -t $P -D $WORK/img --leave-running || fail "dump"; t1=$(ms)
-tree_as_before "a dump"
-D=$((t1 - t0))
+D=999999
+for run in 1 2; do
+    t0=$(ms); "$VZCPT" dump -t $P -D $IMG --leave-running || fail "dump"; t1=$(ms)
+    tree_as_before "a dump"
+    D=$(( t1 - t0 < D ? t1 - t0 : D ))
+done
 echo "dump -t takes $D ms: kills in [0, $D] ms, seed $SEED"
 RANDOM=$SEED
 for i in $(seq 1 16); do
     d=$(( RANDOM % (D + 1) ))
-    "$VZCPT" dump -t $P -D $WORK/img --leave-running 2>/dev/null &
+    "$VZCPT" dump -t $P -D $IMG --leave-running 2>/dev/null &
     pid=$!
     sleep $((d / 1000)).$(printf %03d $((d % 1000)))
     kill -9 $pid 2>/dev/null

@@ -422,9 +422,6 @@ fn recover_interrupted_restore(layout: &Layout, ctid: u32, cg: &VeCgroups) {
 /// frozen (suspended): its destination may run it; `vzctl resume` or `destroy` decides.
 fn recover_interrupted_dump(layout: &Layout, ctid: u32, cg: &VeCgroups) {
     let journal = journal_path(layout, ctid);
-    if !journal.exists() {
-        return;
-    }
     let Ok(dir) = cg.v2() else { return };
     let r = match cpt::journal::recover(&journal, Some(dir), false) {
         Ok(Some(r)) => r,
