@@ -376,14 +376,33 @@ impl Frozen {
     }
 
     /// Ends the dump: kill the tree, resume it, or leave it stopped.
-    pub fn finish(mut self, state: FinalState) -> Result<(), DumpError> {
+    pub fn finish(self, state: FinalState) -> Result<(), DumpError> {
+        self.finish_journaled(state).map(|j| {
+            if let Some(j) = j {
+                j.end();
+            }
+        })
+    }
+
+    /// [`finish`](Self::finish), returning the journal (if kept) instead of ending it: the
+    /// caller still has work that a killed process must leave to the recovery (`vzctl`
+    /// unlocks the VE's network, or removes its cgroups), and ends it after that. On an
+    /// error the journal is ended here.
+    pub fn finish_journaled(
+        mut self,
+        state: FinalState,
+    ) -> Result<Option<crate::journal::Journal>, DumpError> {
         self.done = true;
         let journal = self.journal.take();
-        let r = self.finish_as(state);
-        if let Some(j) = journal {
-            j.end();
+        match self.finish_as(state) {
+            Ok(()) => Ok(journal),
+            Err(e) => {
+                if let Some(j) = journal {
+                    j.end();
+                }
+                Err(e)
+            }
         }
-        r
     }
 
     fn finish_as(&mut self, state: FinalState) -> Result<(), DumpError> {

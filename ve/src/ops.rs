@@ -502,7 +502,9 @@ pub fn chkpnt(
     // the kill, see `recover_interrupted_dump`).
     let _ = sys::fault::hit("chkpnt.before-finish");
     let finishing = std::time::Instant::now();
-    frozen.finish(final_state).map_err(|source| {
+    // The journal stays until the network is unlocked or the cgroups removed: a `vzctl`
+    // killed before that leaves the rest to the next command.
+    let journal = frozen.finish_journaled(final_state).map_err(|source| {
         if net::configured(&cfg) {
             let _ = net::unlock(ctid, &cfg);
         }
@@ -515,6 +517,9 @@ pub fn chkpnt(
     } else {
         // The addresses stay blackholed while the VE is dumped, until its restore.
         cleanup_stopped(layout, ctid, &cg)?;
+    }
+    if let Some(j) = journal {
+        j.end();
     }
     // As `cpt::dump` counts it: up to the tree killed or resumed.
     stats.total_ms += finishing.elapsed().as_secs_f64() * 1000.0;
