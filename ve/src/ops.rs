@@ -361,21 +361,25 @@ impl RestoreMarker {
         if let Some(d) = path.parent() {
             std::fs::create_dir_all(d).map_err(io_err(ctid, "create", d))?;
         }
-        std::fs::write(&path, cpt::journal::this_owner()).map_err(io_err(ctid, "write", &path))?;
+        std::fs::write(&path, format!("{}\n", cpt::journal::this_owner()))
+            .map_err(io_err(ctid, "write", &path))?;
         Ok(RestoreMarker(path))
     }
 
     /// The VE is released (it runs): a killed `vzctl` leaves it running, and the image to
-    /// remove (`remove`), if any, is removed by the next command.
+    /// remove (`remove`), if any, is removed by the next command. One `write` appending a
+    /// line: the shortest step after the release (a line cut short reads as not released).
     fn released(&self, ctid: u32, remove: Option<&Path>) -> Result<()> {
-        let text = format!(
-            "{}\nreleased {}\n",
-            cpt::journal::this_owner(),
+        use std::io::Write;
+        let line = format!(
+            "released {}\n",
             remove.map_or("-".into(), |p| p.display().to_string())
         );
-        let tmp = self.0.with_extension("restoring-tmp");
-        std::fs::write(&tmp, text).map_err(io_err(ctid, "write", &tmp))?;
-        std::fs::rename(&tmp, &self.0).map_err(io_err(ctid, "rename", &self.0))
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&self.0)
+            .and_then(|mut f| f.write_all(line.as_bytes()))
+            .map_err(io_err(ctid, "write", &self.0))
     }
 }
 
@@ -394,11 +398,15 @@ fn recover_interrupted_restore(layout: &Layout, ctid: u32, cg: &VeCgroups) {
     let Ok(owner) = std::fs::read_to_string(&marker) else {
         return;
     };
-    let mut lines = owner.lines();
-    if !cpt::journal::owner_gone(lines.next().unwrap_or("").trim()) {
+    if !cpt::journal::owner_gone(owner.lines().next().unwrap_or("").trim()) {
         return;
     }
-    if let Some(image) = lines.find_map(|l| l.strip_prefix("released ")) {
+    // Only a whole line counts (one cut short by the kill: not released).
+    let released = owner
+        .split_inclusive('\n')
+        .filter_map(|l| l.strip_suffix('\n'))
+        .find_map(|l| l.strip_prefix("released "));
+    if let Some(image) = released {
         // It runs: only the image it was restored from was still to go.
         if image != "-" {
             let _ = std::fs::remove_dir_all(image);
