@@ -1,10 +1,12 @@
 //! The dump's journal: what a dumper killed halfway leaves for the next command to undo.
 //!
-//! While it holds a tree, the dumper has every thread stopped with all signals blocked (see
-//! `seize`), and the tree's TCP connections in repair mode. Killed (SIGKILL, a crash), it can
-//! undo none of it: the kernel lets its tracees go, but they keep the blocked mask and the
-//! sockets stay in repair mode, so the tree would run deaf to signals with its connections
-//! stuck. The journal, written as soon as the tree is held, records what undoing takes:
+//! While it holds a tree, the dumper has every thread stopped (see `seize`; the thread it
+//! runs syscalls in has all signals blocked for a moment, which its safety net undoes:
+//! `sys::remote`), the cgroup (v2) frozen once no injected code is left, and the tree's TCP
+//! connections in repair mode. Killed (SIGKILL, a crash), it can undo none of it: the kernel
+//! lets its tracees go, but a frozen cgroup stays frozen, the sockets stay in repair mode and
+//! (for a VE) the network stays locked. The journal, written before the tree is held (and,
+//! by `vzctl`, before the network is locked), records what undoing takes:
 //!
 //! ```text
 //! dumper PID STARTTIME        who holds the tree (STARTTIME from /proc/PID/stat: PIDs recycle)
@@ -14,6 +16,7 @@
 //! frozen CGROUP               its cgroup (v2) frozen around it; sockets go into repair after
 //! hold                        the tree is held for a migration (vzctl chkpnt --hold)
 //! committing                  ... whose destination may have taken it over
+//! leave-running               the image is a snapshot: the tree goes on once it is complete
 //! ```
 //!
 //! It is begun before the seize and removed when the tree is let go
@@ -33,6 +36,7 @@ use crate::DumpError;
 pub struct Journal {
     path: PathBuf,
     lines: Vec<String>,
+    handed_over: bool,
 }
 
 fn io(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> DumpError {
@@ -47,6 +51,27 @@ fn start_time(pid: i32) -> Option<u64> {
     after.split_whitespace().nth(19)?.parse().ok()
 }
 
+/// `PID STARTTIME` of this process: names the owner of a marker file (see [`owner_gone`]).
+pub fn this_owner() -> String {
+    let me = std::process::id() as i32;
+    format!("{me} {}", start_time(me).unwrap_or(0))
+}
+
+/// Whether the owner named by `owner` ([`this_owner`]'s text) has died: no process with
+/// that PID and start time runs. This process is never gone. Unreadable text: gone.
+pub fn owner_gone(owner: &str) -> bool {
+    let mut f = owner.split_whitespace();
+    match (
+        f.next().and_then(|p| p.parse::<i32>().ok()),
+        f.next().and_then(|t| t.parse::<u64>().ok()),
+    ) {
+        (Some(pid), Some(start)) => {
+            pid != std::process::id() as i32 && start_time(pid) != Some(start)
+        }
+        _ => true,
+    }
+}
+
 impl Journal {
     /// Starts the journal at `path` for this process, writing the image at `image`.
     pub fn begin(path: &Path, image: &Path) -> Result<Self, DumpError> {
@@ -57,6 +82,7 @@ impl Journal {
                 format!("dumper {me} {}", start_time(me).unwrap_or(0)),
                 format!("image {}", image.display()),
             ],
+            handed_over: false,
         };
         j.write()?;
         Ok(j)
@@ -94,13 +120,42 @@ impl Journal {
 
     /// The tree is let go as it should be: nothing to undo.
     pub fn end(self) {}
+
+    /// Leaves the file to the journal begun after this one at the same path (a caller that
+    /// needs a journal before the dump's own begins: `vzctl` locks the VE's network first).
+    pub fn handover(mut self) {
+        self.handed_over = true;
+    }
 }
 
 impl Drop for Journal {
     fn drop(&mut self) {
-        if let Err(e) = std::fs::remove_file(&self.path) {
-            warn!(path = %self.path.display(), %e, "cannot remove the dump's journal");
+        if self.handed_over {
+            return;
         }
+        match std::fs::remove_file(&self.path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                warn!(path = %self.path.display(), %e, "cannot remove the dump's journal");
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The temporary file of a journal write (`Journal::write`) whose writer died before the
+/// rename: removed, unless its writer still runs.
+fn remove_stale_tmp(path: &Path) {
+    let tmp = path.with_extension("journal-tmp");
+    let Ok(text) = std::fs::read_to_string(&tmp) else {
+        return;
+    };
+    let owner = text
+        .lines()
+        .next()
+        .and_then(|l| l.strip_prefix("dumper "))
+        .unwrap_or("");
+    if owner_gone(owner) {
+        let _ = std::fs::remove_file(&tmp);
     }
 }
 
@@ -113,6 +168,8 @@ pub struct Recovered {
     pub committing: bool,
     /// The image was complete: the dumper died letting the tree go (killing it, say).
     pub image_complete: bool,
+    /// ... as a snapshot: the tree was to go on (it is resumed, the image kept).
+    pub leave_running: bool,
     /// Threads given back their masks and let go.
     pub tasks: usize,
     /// Sockets taken out of repair mode.
@@ -120,7 +177,7 @@ pub struct Recovered {
 }
 
 /// Undoes what the dumper of the journal at `path` left, if that dumper is gone. With the
-/// image complete, nothing is touched (the caller kills the tree, which must not run past
+/// image complete (and no `leave-running`), nothing is touched (the caller kills the tree, which must not run past
 /// its image; its sockets still in repair mode vanish silently). Otherwise every socket
 /// leaves repair mode; every thread still there gets its own blocked mask back (seized for a
 /// moment); a cgroup it froze (or left frozen while seizing) is thawed, once the sockets are
@@ -134,6 +191,7 @@ pub fn recover(
     cgroup: Option<&Path>,
     release_held: bool,
 ) -> Result<Option<Recovered>, DumpError> {
+    remove_stale_tmp(path);
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -169,6 +227,7 @@ pub fn recover(
             }
             ["hold"] => r.hold = true,
             ["committing"] => r.committing = true,
+            ["leave-running"] => r.leave_running = true,
             _ => {}
         }
     }
@@ -192,7 +251,7 @@ pub fn recover(
     if r.hold && !release_held {
         return Ok(Some(r));
     }
-    if r.image_complete && !r.hold {
+    if r.image_complete && !r.hold && !r.leave_running {
         // The dumper was letting the tree go (killing it): nothing of it may run again, or
         // it would move on from its image. The caller finishes the kill.
         std::fs::remove_file(path).map_err(io("remove", path))?;
@@ -207,9 +266,15 @@ pub fn recover(
         }
     }
     let freezer = cgroup.and_then(|c| crate::freeze::Freezer::for_cgroup(c).ok());
-    let frozen_now = freezer
-        .as_ref()
-        .is_some_and(|f| f.is_frozen().unwrap_or(false));
+    // Frozen, or freezing: a dumper killed while it froze the cgroup wrote `cgroup.freeze`
+    // but the kernel may not report the cgroup frozen yet; it will, unless thawed.
+    let freeze_requested = cgroup.is_some_and(|c| {
+        std::fs::read_to_string(c.join("cgroup.freeze")).is_ok_and(|t| t.trim() == "1")
+    });
+    let frozen_now = freeze_requested
+        || freezer
+            .as_ref()
+            .is_some_and(|f| f.is_frozen().unwrap_or(false));
     // Seized (interrupt queued) while frozen; their stops come once thawed, before any of
     // their own code runs.
     let mut seized = Vec::new();

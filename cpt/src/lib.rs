@@ -325,7 +325,6 @@ fn dump_stopped(
     if let Some(j) = journal {
         frozen.keep_journal(j)?;
     }
-    frozen.block_signals()?;
     // Remote syscalls first, for every process: the scratch page they use is gone before
     // memory is read, and once they are done the cgroup can freeze around the tree.
     let mut remote = HashMap::new();

@@ -294,7 +294,7 @@ impl Frozen {
     }
 
     /// Keeps the journal (begun before the seize), recording every seized thread and its
-    /// own mask (before [`block_signals`](Self::block_signals) changes any).
+    /// own mask (before a remote session blocks all its signals: `sys::remote`).
     pub fn keep_journal(&mut self, mut j: crate::journal::Journal) -> Result<(), DumpError> {
         for p in &self.processes {
             for t in &p.threads {
@@ -351,9 +351,11 @@ impl Frozen {
         }
     }
 
-    /// Blocks every signal of every seized thread, so that signals arriving while the tree
-    /// runs injected code stay pending instead of running handlers mid-dump. Each thread's
-    /// own mask is back when the tree is let go.
+    /// Blocks every signal of every seized thread (the page tracker, `track`, injects with
+    /// them blocked). A dump does not: each remote session blocks its own task's signals
+    /// and gives them back, through its safety net should this process die
+    /// (`sys::remote`), so a killed dumper leaves no task deaf to signals. Each thread's own
+    /// mask is back when the tree is let go.
     pub fn block_signals(&self) -> Result<(), DumpError> {
         for p in &self.processes {
             for t in &p.threads {
@@ -374,14 +376,33 @@ impl Frozen {
     }
 
     /// Ends the dump: kill the tree, resume it, or leave it stopped.
-    pub fn finish(mut self, state: FinalState) -> Result<(), DumpError> {
+    pub fn finish(self, state: FinalState) -> Result<(), DumpError> {
+        self.finish_journaled(state).map(|j| {
+            if let Some(j) = j {
+                j.end();
+            }
+        })
+    }
+
+    /// [`finish`](Self::finish), returning the journal (if kept) instead of ending it: the
+    /// caller still has work that a killed process must leave to the recovery (`vzctl`
+    /// unlocks the VE's network, or removes its cgroups), and ends it after that. On an
+    /// error the journal is ended here.
+    pub fn finish_journaled(
+        mut self,
+        state: FinalState,
+    ) -> Result<Option<crate::journal::Journal>, DumpError> {
         self.done = true;
         let journal = self.journal.take();
-        let r = self.finish_as(state);
-        if let Some(j) = journal {
-            j.end();
+        match self.finish_as(state) {
+            Ok(()) => Ok(journal),
+            Err(e) => {
+                if let Some(j) = journal {
+                    j.end();
+                }
+                Err(e)
+            }
         }
-        r
     }
 
     fn finish_as(&mut self, state: FinalState) -> Result<(), DumpError> {
@@ -558,7 +579,7 @@ fn exiting(tid: i32) -> bool {
 }
 
 /// Waits for the interrupt stop of a seized thread and reads its blocked mask (which
-/// [`Frozen::block_signals`] changes once the journal has it).
+/// a remote session changes for a while).
 fn stop_thread(tid: Pid) -> Result<SeizedThread, DumpError> {
     ptrace::wait_for_interrupt_stop(tid)?;
     let orig_sigmask = ptrace::get_sigmask(tid)?;

@@ -16,6 +16,7 @@ pub mod net;
 pub mod ns;
 pub mod ptrace;
 pub mod remote;
+pub mod sigframe;
 pub mod signals;
 pub mod syscalls;
 pub mod uffd;

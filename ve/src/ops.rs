@@ -67,6 +67,7 @@ pub fn status(layout: &Layout, ctid: u32) -> Result<Status> {
     // First: a snapshot interrupted after its image was complete must not look like a
     // checkpoint that was killing the VE (its staging image goes, so the VE goes on).
     crate::snapshot::recover_interrupted(layout, ctid);
+    recover_interrupted_restore(layout, ctid, &cg);
     recover_interrupted_dump(layout, ctid, &cg);
     if !cg.procs().is_empty() {
         return Ok(if cg.frozen() {
@@ -346,6 +347,81 @@ fn journal_path(layout: &Layout, ctid: u32) -> PathBuf {
     layout.vz_dir.join("dump").join(format!("{ctid}.journal"))
 }
 
+fn restore_marker(layout: &Layout, ctid: u32) -> PathBuf {
+    layout.vz_dir.join("dump").join(format!("{ctid}.restoring"))
+}
+
+/// Names the `vzctl restore` under way until it has released the VE (or failed, and
+/// cleaned up itself): a restorer killed before that leaves it, with what it built.
+struct RestoreMarker(PathBuf);
+
+impl RestoreMarker {
+    fn begin(layout: &Layout, ctid: u32) -> Result<Self> {
+        let path = restore_marker(layout, ctid);
+        if let Some(d) = path.parent() {
+            std::fs::create_dir_all(d).map_err(io_err(ctid, "create", d))?;
+        }
+        std::fs::write(&path, format!("{}\n", cpt::journal::this_owner()))
+            .map_err(io_err(ctid, "write", &path))?;
+        Ok(RestoreMarker(path))
+    }
+
+    /// The VE is released (it runs): a killed `vzctl` leaves it running, and the image to
+    /// remove (`remove`), if any, is removed by the next command. One `write` appending a
+    /// line: the shortest step after the release (a line cut short reads as not released).
+    fn released(&self, ctid: u32, remove: Option<&Path>) -> Result<()> {
+        use std::io::Write;
+        let line = format!(
+            "released {}\n",
+            remove.map_or("-".into(), |p| p.display().to_string())
+        );
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&self.0)
+            .and_then(|mut f| f.write_all(line.as_bytes()))
+            .map_err(io_err(ctid, "write", &self.0))
+    }
+}
+
+impl Drop for RestoreMarker {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// A restore whose `vzctl` died before releasing the VE (killed, crashed) left half-built
+/// processes (released by the kernel in the restorer's code), the VE's cgroups, root and
+/// host network end: all removed here, before the status is read, so the VE is dumped
+/// again (its image is removed only after the release) and a new restore can run.
+fn recover_interrupted_restore(layout: &Layout, ctid: u32, cg: &VeCgroups) {
+    let marker = restore_marker(layout, ctid);
+    let Ok(owner) = std::fs::read_to_string(&marker) else {
+        return;
+    };
+    if !cpt::journal::owner_gone(owner.lines().next().unwrap_or("").trim()) {
+        return;
+    }
+    // Only a whole line counts (one cut short by the kill: not released).
+    let released = owner
+        .split_inclusive('\n')
+        .filter_map(|l| l.strip_suffix('\n'))
+        .find_map(|l| l.strip_prefix("released "));
+    if let Some(image) = released {
+        // It runs: only the image it was restored from was still to go.
+        if image != "-" {
+            let _ = std::fs::remove_dir_all(image);
+        }
+        let _ = std::fs::remove_file(&marker);
+        return;
+    }
+    tracing::warn!(ctid, "a restore was interrupted: what it built is removed");
+    let _ = cleanup_stopped(layout, ctid, cg);
+    let _ = std::process::Command::new("ip")
+        .args(["link", "del", &net::host_if(ctid)])
+        .output();
+    let _ = std::fs::remove_file(&marker);
+}
+
 /// A checkpoint whose `vzctl` died halfway (killed, crashed) left the VE stopped or frozen
 /// with every signal blocked, its connections in repair mode and its network locked: undone
 /// here, before the status is read, so that the status tells the truth. An incomplete image:
@@ -354,9 +430,6 @@ fn journal_path(layout: &Layout, ctid: u32) -> PathBuf {
 /// frozen (suspended): its destination may run it; `vzctl resume` or `destroy` decides.
 fn recover_interrupted_dump(layout: &Layout, ctid: u32, cg: &VeCgroups) {
     let journal = journal_path(layout, ctid);
-    if !journal.exists() {
-        return;
-    }
     let Ok(dir) = cg.v2() else { return };
     let r = match cpt::journal::recover(&journal, Some(dir), false) {
         Ok(Some(r)) => r,
@@ -373,7 +446,7 @@ fn recover_interrupted_dump(layout: &Layout, ctid: u32, cg: &VeCgroups) {
     let Ok(cfg) = load_config(layout, ctid) else {
         return;
     };
-    if r.image_complete {
+    if r.image_complete && !r.leave_running {
         let _ = cleanup_stopped(layout, ctid, cg);
     } else if net::configured(&cfg) {
         let _ = net::unlock(ctid, &cfg);
@@ -430,11 +503,20 @@ pub fn chkpnt(
         cpt::FinalState::Kill
     };
     let (cg, cfg, mut stats) = (dumped.cg, dumped.cfg, dumped.stats);
+    let mut frozen = dumped.frozen;
+    if leave_running {
+        // Killed from here on, the VE is resumed, not killed: its image is a snapshot.
+        frozen
+            .journal_mark("leave-running")
+            .map_err(|source| VeError::Dump { ctid, source })?;
+    }
     // A crash here: the image is complete, the VE not let go yet (the next command finishes
     // the kill, see `recover_interrupted_dump`).
     let _ = sys::fault::hit("chkpnt.before-finish");
     let finishing = std::time::Instant::now();
-    dumped.frozen.finish(final_state).map_err(|source| {
+    // The journal stays until the network is unlocked or the cgroups removed: a `vzctl`
+    // killed before that leaves the rest to the next command.
+    let journal = frozen.finish_journaled(final_state).map_err(|source| {
         if net::configured(&cfg) {
             let _ = net::unlock(ctid, &cfg);
         }
@@ -447,6 +529,9 @@ pub fn chkpnt(
     } else {
         // The addresses stay blackholed while the VE is dumped, until its restore.
         cleanup_stopped(layout, ctid, &cg)?;
+    }
+    if let Some(j) = journal {
+        j.end();
     }
     // As `cpt::dump` counts it: up to the tree killed or resumed.
     stats.total_ms += finishing.elapsed().as_secs_f64() * 1000.0;
@@ -490,6 +575,10 @@ pub(crate) fn dump_locked(
     if let Some(d) = journal.parent() {
         std::fs::create_dir_all(d).map_err(io_err(ctid, "create", d))?;
     }
+    // The journal exists before the network is locked: a `vzctl` killed from here on
+    // leaves one, and the next command unlocks the network (see `recover_interrupted_dump`).
+    let early = cpt::journal::Journal::begin(&journal, dir)
+        .map_err(|source| VeError::Dump { ctid, source })?;
     if net::configured(&cfg) {
         net::lock(ctid, &cfg)?;
     }
@@ -519,6 +608,8 @@ pub(crate) fn dump_locked(
         }
         VeError::Dump { ctid, source }
     })?;
+    // The dump's own journal took the file over.
+    early.handover();
     Ok(Dumped {
         stats,
         frozen,
@@ -664,6 +755,7 @@ pub fn restore(layout: &Layout, ctid: u32, dumpfile: Option<&Path>) -> Result<rs
     }
     let cfg = load_config(layout, ctid)?;
     let dumped_cgroup = root_cgroup(&dir).map_err(|source| VeError::Restore { ctid, source })?;
+    let marker = RestoreMarker::begin(layout, ctid)?;
     let setup = Setup::prepare(layout, ctid, &cfg)?;
     let net_cfg = cfg.clone();
     let net_hook: rst::NetHook = std::sync::Arc::new(move |pid, dumped| {
@@ -694,10 +786,14 @@ pub fn restore(layout: &Layout, ctid: u32, dumpfile: Option<&Path>) -> Result<rs
         }
         VeError::Restore { ctid, source }
     })?;
+    // Released: from here on the VE runs, and a killed `vzctl` must not undo it.
     setup.keep();
-    if dumpfile.is_none() {
-        std::fs::remove_dir_all(&dir).map_err(io_err(ctid, "remove the image", &dir))?;
+    let image = dumpfile.is_none().then_some(dir.as_path());
+    marker.released(ctid, image)?;
+    if let Some(dir) = image {
+        std::fs::remove_dir_all(dir).map_err(io_err(ctid, "remove the image", dir))?;
     }
+    drop(marker);
     Ok(restored.stats)
 }
 
