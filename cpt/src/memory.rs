@@ -95,6 +95,36 @@ fn io(
     move |source| DumpError::Io { op, path, source }
 }
 
+/// For an area the task cannot read itself (no `r`), `/proc/PID/mem` (opened once per
+/// process into `mem`), which reads it anyway; `None` for a readable one.
+fn unreadable_area_mem<'m>(
+    pid: i32,
+    mem: &'m mut Option<File>,
+    m: &MapsLine,
+) -> Result<Option<&'m File>, DumpError> {
+    if m.read {
+        return Ok(None);
+    }
+    if mem.is_none() {
+        let path = format!("/proc/{pid}/mem");
+        *mem = Some(File::open(&path).map_err(io("open", &path))?);
+    }
+    Ok(mem.as_ref())
+}
+
+/// The area's pagemap entries, one per page.
+fn area_pagemap(pid: i32, pagemap: &File, m: &MapsLine) -> Result<Vec<u64>, DumpError> {
+    let nr = ((m.end - m.start) / PAGE) as usize;
+    let mut raw = vec![0u8; nr * 8];
+    pagemap
+        .read_exact_at(&mut raw, m.start / PAGE * 8)
+        .map_err(io("read", format!("/proc/{pid}/pagemap")))?;
+    Ok(raw
+        .chunks_exact(8)
+        .map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
+        .collect())
+}
+
 fn classify(pid: i32, m: &MapsLine) -> Result<Option<VmaKind>, DumpError> {
     let unsupported = |what: &str| DumpError::Unsupported {
         pid,
@@ -383,23 +413,11 @@ impl<'a> MemDumper<'a> {
         file_backed: bool,
         held: Option<&[bool]>,
     ) -> Result<(), DumpError> {
-        let unreadable = if m.read {
-            None
-        } else {
-            if mem.is_none() {
-                let path = format!("/proc/{pid}/mem");
-                *mem = Some(File::open(&path).map_err(io("open", &path))?);
-            }
-            mem.as_ref()
-        };
-        let nr = ((m.end - m.start) / PAGE) as usize;
-        let mut raw = vec![0u8; nr * 8];
-        pagemap
-            .read_exact_at(&mut raw, m.start / PAGE * 8)
-            .map_err(io("read", format!("/proc/{pid}/pagemap")))?;
+        let unreadable = unreadable_area_mem(pid, mem, m)?;
+        let raw = area_pagemap(pid, pagemap, m)?;
+        let nr = raw.len();
         self.stats.pages_scanned += nr as u64;
-        let entry =
-            |i: usize| u64::from_le_bytes(raw[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]));
+        let entry = |i: usize| raw[i];
         let in_parent = |i: usize| {
             held.is_some_and(|h| h.get(i).copied().unwrap_or(false)) && entry(i) & PM_PRESENT != 0
         };
@@ -452,23 +470,11 @@ impl<'a> MemDumper<'a> {
         let Some(inc) = self.incremental else {
             return Ok(());
         };
-        let unreadable = if m.read {
-            None
-        } else {
-            if mem.is_none() {
-                let path = format!("/proc/{pid}/mem");
-                *mem = Some(File::open(&path).map_err(io("open", &path))?);
-            }
-            mem.as_ref()
-        };
-        let nr = ((m.end - m.start) / PAGE) as usize;
-        let mut raw = vec![0u8; nr * 8];
-        pagemap
-            .read_exact_at(&mut raw, m.start / PAGE * 8)
-            .map_err(io("read", format!("/proc/{pid}/pagemap")))?;
+        let unreadable = unreadable_area_mem(pid, mem, m)?;
+        let raw = area_pagemap(pid, pagemap, m)?;
+        let nr = raw.len();
         self.stats.pages_scanned += nr as u64;
-        let entry =
-            |i: usize| u64::from_le_bytes(raw[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]));
+        let entry = |i: usize| raw[i];
         let written = inc.written(pid, pagemap, m.start, m.end)?;
         let mut candidate = vec![written.is_none(); nr];
         if let Some(w) = &written {

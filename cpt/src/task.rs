@@ -16,11 +16,6 @@ use crate::proc::{parse_limits, parse_status, status_hex, status_numbers, ProcDi
 use crate::seize::SeizedProcess;
 use crate::DumpError;
 
-const ERESTARTSYS: i64 = 512;
-const ERESTARTNOINTR: i64 = 513;
-const ERESTARTNOHAND: i64 = 514;
-const ERESTART_RESTARTBLOCK: i64 = 516;
-const TIMER_ABSTIME: u64 = 1;
 const SCRATCH_LEN: u64 = 16 * 4096;
 
 pub fn regs_from(r: &UserRegs) -> Regs {
@@ -53,45 +48,6 @@ pub fn regs_from(r: &UserRegs) -> Regs {
         fs: r.fs,
         gs: r.gs,
     }
-}
-
-/// Registers a restored thread must resume with so that the syscall it was stopped in goes on
-/// as if nothing happened (what the kernel would have done on return from the stop):
-/// restartable calls are re-executed; a sleep interrupted with `ERESTART_RESTARTBLOCK` is
-/// re-executed with the remaining time the kernel wrote back to `rem` (or, for absolute sleeps,
-/// unchanged); other restart-block calls (poll/ppoll with a timeout, futex waits) get `EINTR`,
-/// which their callers retry.
-pub fn restart_fixup(mut r: Regs) -> Regs {
-    if (r.orig_rax as i64) < 0 {
-        return r;
-    }
-    let ret = r.rax as i64;
-    match -ret {
-        ERESTARTSYS | ERESTARTNOINTR | ERESTARTNOHAND => {
-            r.rax = r.orig_rax;
-            r.rip -= 2;
-        }
-        ERESTART_RESTARTBLOCK => {
-            let nr = r.orig_rax as i64;
-            if nr == libc::SYS_nanosleep && r.rsi != 0 {
-                r.rdi = r.rsi; // sleep again for the remaining time stored in *rem
-                r.rax = r.orig_rax;
-                r.rip -= 2;
-            } else if nr == libc::SYS_clock_nanosleep && (r.rsi & TIMER_ABSTIME != 0 || r.r10 != 0)
-            {
-                if r.rsi & TIMER_ABSTIME == 0 {
-                    r.rdx = r.r10;
-                }
-                r.rax = r.orig_rax;
-                r.rip -= 2;
-            } else {
-                r.rax = (-(libc::EINTR as i64)) as u64;
-            }
-        }
-        _ => {}
-    }
-    r.orig_rax = u64::MAX;
-    r
 }
 
 fn io(
@@ -266,7 +222,9 @@ pub fn dump_process(p: &SeizedProcess) -> Result<(ProcessCore, RemoteFacts), Dum
                 .map_err(io("read", tdir.0.join("comm")))?
                 .trim_end_matches('\n')
                 .to_string(),
-            regs: restart_fixup(regs_from(&regs)),
+            regs: // Registers a restored thread resumes with so that the syscall it was stopped in goes on
+            // as if nothing happened (the same fix-up as the remote syscalls' safety net).
+            regs_from(&sys::sigframe::resume_regs(&regs)),
             xsave: ptrace::get_xstate(tid)?,
             blocked: t.orig_sigmask,
             pending: siginfos(ptrace::peek_siginfo(tid, false)?),
@@ -405,66 +363,6 @@ fn siginfos(raw: Vec<[u8; 128]>) -> Vec<SigInfo> {
             raw: r.to_vec(),
         })
         .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn regs(orig: i64, ret: i64) -> Regs {
-        Regs {
-            orig_rax: orig as u64,
-            rax: ret as u64,
-            rip: 0x1002,
-            ..Default::default()
-        }
-    }
-
-    #[test]
-    fn restartable_syscall_is_reexecuted() {
-        let r = restart_fixup(regs(libc::SYS_read, -ERESTARTSYS));
-        assert_eq!(r.rax, libc::SYS_read as u64);
-        assert_eq!(r.rip, 0x1000);
-        assert_eq!(r.orig_rax, u64::MAX);
-    }
-
-    #[test]
-    fn relative_clock_nanosleep_sleeps_the_remaining_time() {
-        let mut r = regs(libc::SYS_clock_nanosleep, -ERESTART_RESTARTBLOCK);
-        r.rsi = 0;
-        r.rdx = 0x5000;
-        r.r10 = 0x6000;
-        let f = restart_fixup(r);
-        assert_eq!(f.rdx, 0x6000);
-        assert_eq!(f.rax, libc::SYS_clock_nanosleep as u64);
-        assert_eq!(f.rip, 0x1000);
-    }
-
-    #[test]
-    fn absolute_clock_nanosleep_is_unchanged() {
-        let mut r = regs(libc::SYS_clock_nanosleep, -ERESTART_RESTARTBLOCK);
-        r.rsi = TIMER_ABSTIME;
-        r.rdx = 0x5000;
-        let f = restart_fixup(r);
-        assert_eq!(f.rdx, 0x5000);
-        assert_eq!(f.rip, 0x1000);
-    }
-
-    #[test]
-    fn restart_block_without_remaining_time_gives_eintr() {
-        let f = restart_fixup(regs(libc::SYS_poll, -ERESTART_RESTARTBLOCK));
-        assert_eq!(f.rax as i64, -(libc::EINTR as i64));
-        assert_eq!(f.rip, 0x1002);
-    }
-
-    #[test]
-    fn finished_syscall_is_left_alone() {
-        let f = restart_fixup(regs(libc::SYS_write, 5));
-        assert_eq!(f.rax, 5);
-        assert_eq!(f.rip, 0x1002);
-        let f = restart_fixup(regs(-1, 7));
-        assert_eq!(f.rax, 7);
-    }
 }
 
 /// The lines `ID:CONTROLLERS:PATH` of `/proc/PID/cgroup`.

@@ -69,7 +69,7 @@ pub struct SigFrame {
 /// interrupted restartable syscall is re-executed here (`rip - 2`, `rax = nr`). A sleep
 /// interrupted with `ERESTART_RESTARTBLOCK` sleeps again for the time left (which the kernel
 /// stored in `rem`) or, if absolute, unchanged; other restart-block calls get `EINTR`, which
-/// their callers retry (the same choice as the dump's own fix-up, `cpt::task::restart_fixup`).
+/// their callers retry (the dump records a stopped thread's registers with this same fix-up).
 pub fn resume_regs(regs: &UserRegs) -> UserRegs {
     let mut r = *regs;
     if (r.orig_rax as i64) < 0 {
@@ -282,6 +282,60 @@ mod tests {
         r.cs = 0x33;
         r.ss = 0x2b;
         r
+    }
+
+    fn stopped_in(orig: i64, ret: i64) -> UserRegs {
+        let mut r = crate::remote::zero_regs();
+        r.orig_rax = orig as u64;
+        r.rax = ret as u64;
+        r.rip = 0x1002;
+        r
+    }
+
+    #[test]
+    fn restartable_syscall_is_reexecuted() {
+        let r = resume_regs(&stopped_in(libc::SYS_read, -ERESTARTSYS));
+        assert_eq!(r.rax, libc::SYS_read as u64);
+        assert_eq!(r.rip, 0x1000);
+        assert_eq!(r.orig_rax, u64::MAX);
+    }
+
+    #[test]
+    fn relative_clock_nanosleep_sleeps_the_remaining_time() {
+        let mut r = stopped_in(libc::SYS_clock_nanosleep, -ERESTART_RESTARTBLOCK);
+        r.rsi = 0;
+        r.rdx = 0x5000;
+        r.r10 = 0x6000;
+        let f = resume_regs(&r);
+        assert_eq!(f.rdx, 0x6000);
+        assert_eq!(f.rax, libc::SYS_clock_nanosleep as u64);
+        assert_eq!(f.rip, 0x1000);
+    }
+
+    #[test]
+    fn absolute_clock_nanosleep_is_unchanged() {
+        let mut r = stopped_in(libc::SYS_clock_nanosleep, -ERESTART_RESTARTBLOCK);
+        r.rsi = TIMER_ABSTIME;
+        r.rdx = 0x5000;
+        let f = resume_regs(&r);
+        assert_eq!(f.rdx, 0x5000);
+        assert_eq!(f.rip, 0x1000);
+    }
+
+    #[test]
+    fn restart_block_without_remaining_time_gives_eintr() {
+        let f = resume_regs(&stopped_in(libc::SYS_poll, -ERESTART_RESTARTBLOCK));
+        assert_eq!(f.rax as i64, -(libc::EINTR as i64));
+        assert_eq!(f.rip, 0x1002);
+    }
+
+    #[test]
+    fn finished_syscall_is_left_alone() {
+        let f = resume_regs(&stopped_in(libc::SYS_write, 5));
+        assert_eq!(f.rax, 5);
+        assert_eq!(f.rip, 0x1002);
+        let f = resume_regs(&stopped_in(-1, 7));
+        assert_eq!(f.rax, 7);
     }
 
     #[test]
