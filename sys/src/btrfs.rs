@@ -146,6 +146,12 @@ fn ioctl_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(Errno) -> SysE
 
 /// Creates an empty subvolume at `path` (`BTRFS_IOC_SUBVOL_CREATE` on its parent).
 pub fn create_subvolume(path: &Path) -> Result<()> {
+    name_ioctl(path, IOC_SUBVOL_CREATE as _, "BTRFS_IOC_SUBVOL_CREATE")
+}
+
+/// An ioctl on `path`'s parent directory that takes `path`'s name in a
+/// `btrfs_ioctl_vol_args` (subvolume create and destroy).
+fn name_ioctl(path: &Path, request: libc::c_ulong, op: &'static str) -> Result<()> {
     let (dir, name) = parent_and_name(path, PATH_NAME_MAX)?;
     let mut args = VolArgs {
         fd: 0,
@@ -155,14 +161,8 @@ pub fn create_subvolume(path: &Path) -> Result<()> {
     // SAFETY: `dir` is an open directory; `args` is a fully initialised
     // `btrfs_ioctl_vol_args` (its size is in the request number) with a NUL-terminated name,
     // borrowed for the call; the kernel only reads it.
-    let r = unsafe {
-        libc::ioctl(
-            dir.as_raw_fd(),
-            IOC_SUBVOL_CREATE as _,
-            &args as *const VolArgs,
-        )
-    };
-    Errno::result(r).map_err(ioctl_err("BTRFS_IOC_SUBVOL_CREATE", path))?;
+    let r = unsafe { libc::ioctl(dir.as_raw_fd(), request as _, &args as *const VolArgs) };
+    Errno::result(r).map_err(ioctl_err(op, path))?;
     Ok(())
 }
 
@@ -198,23 +198,7 @@ pub fn snapshot(source: &Path, dest: &Path, read_only: bool) -> Result<()> {
 /// on its parent; needs `CAP_SYS_ADMIN`, or the mount option `user_subvol_rm_allowed`). The
 /// space is given back in the background; extents other snapshots share stay theirs.
 pub fn delete_subvolume(path: &Path) -> Result<()> {
-    let (dir, name) = parent_and_name(path, PATH_NAME_MAX)?;
-    let mut args = VolArgs {
-        fd: 0,
-        name: [0; PATH_NAME_MAX + 1],
-    };
-    args.name[..name.len()].copy_from_slice(name.as_bytes());
-    // SAFETY: as in `create_subvolume`: an open directory and a fully initialised,
-    // NUL-terminated `btrfs_ioctl_vol_args` borrowed for the call.
-    let r = unsafe {
-        libc::ioctl(
-            dir.as_raw_fd(),
-            IOC_SNAP_DESTROY as _,
-            &args as *const VolArgs,
-        )
-    };
-    Errno::result(r).map_err(ioctl_err("BTRFS_IOC_SNAP_DESTROY", path))?;
-    Ok(())
+    name_ioctl(path, IOC_SNAP_DESTROY as _, "BTRFS_IOC_SNAP_DESTROY")
 }
 
 /// Atomically swaps two paths of one file system (`renameat2(2)` with `RENAME_EXCHANGE`):
