@@ -111,7 +111,12 @@ pub fn dump_namespaces(root: i32, pids: &[i32]) -> Result<NamespacesImage, DumpE
         })?);
     }
     if img.own.contains(&NsKind::Net) {
+        let t = std::time::Instant::now();
         img.net = Some(dump_net(root)?);
+        tracing::debug!(
+            ms = t.elapsed().as_secs_f64() * 1000.0,
+            "network namespace dumped"
+        );
     }
     if img.own.contains(&NsKind::Mnt) {
         let path = format!("/proc/{root}/mountinfo");
